@@ -1,0 +1,50 @@
+# spikelight: set-up and common jobs. `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# torch/torchvision pins that install from the local wheel cache on the dev machines;
+# override on other machines, e.g. `make TORCH_SPEC="torch torchvision" test`.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+DEMO_CONFIG ?= experiments/toy.yaml
+PYTEST_ARGS ?=
+
+.PHONY: venv install install-dev demo test test-fast bench lint clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+$(VENV)/.torch: | $(VENV)/bin/python
+	$(PIP) install $(TORCH_SPEC)
+	touch $@
+
+$(VENV)/.installed: setup.cfg pyproject.toml $(VENV)/.torch
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.installed-dev: setup.cfg pyproject.toml $(VENV)/.torch
+	$(PIP) install -e ".[dev]"
+	touch $@ $(VENV)/.installed
+
+venv: $(VENV)/bin/python
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: install
+	WANDB_MODE=$${WANDB_MODE:-offline} $(VENV)/bin/spikelight fit --config $(DEMO_CONFIG)
+
+test: install-dev
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install-dev
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+bench: install-dev
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+lint: install-dev
+	$(VENV)/bin/ruff check src datamodules callbacks tests benchmarks
+
+clean:
+	rm -rf runs build *.egg-info .pytest_cache

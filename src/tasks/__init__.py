@@ -1,0 +1,1 @@
+"""LightningModules, one per job. Import them by full path in configs (``spikelight.tasks.toy.ToyClassifier``)."""

@@ -1,0 +1,60 @@
+"""Shared test fixtures: offline W&B in a temp dir, paths, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _wandb_tmp(tmp_path, monkeypatch):
+    """Keep W&B files and caches of every test inside its tmp dir."""
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """``../shared/data`` (real-format fixtures); skips the test when the folder is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared test data not present at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+def run_cli(args: list[str], *, cwd: Path, env: dict | None = None, timeout: float = 300,
+            check: bool = False) -> subprocess.CompletedProcess:
+    """Run ``python -m spikelight <args>`` in a subprocess and return the completed process."""
+    full_env = dict(os.environ)
+    full_env.update({"PYTHONUNBUFFERED": "1"})
+    if env:
+        full_env.update(env)
+    proc = subprocess.run([sys.executable, "-m", "spikelight", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"spikelight {' '.join(args)} failed ({proc.returncode}):\n"
+                             f"STDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture
+def cli():
+    return run_cli
