@@ -1,0 +1,347 @@
+"""Losses: SVL's Multi-scale Triple Alignment (MTA) loss, with global-batch negatives under DDP.
+
+MTA aligns a (spiking) 3D encoder with *frozen* CLIP image and text towers (REFERENCE section 1):
+
+* ``x = normalise(pc_feat)``: the 3D embedding ``[B, C]`` (for ``T > 1`` the encoder has already
+  averaged over time),
+* ``y = normalise(proj_t(text_feat))`` and ``b = normalise(proj_i(image_feat))``: the CLIP text and
+  image features ``[B, D_clip]`` through *trainable* linear projections ``D_clip -> C``,
+* ``L = l1 * NCE(x, y) + l2 * NCE(x, b) + l3 * MSE(x_raw, b)`` with ``l1 = l2 = l3 = 1``,
+* ``NCE`` is CLIP's symmetric InfoNCE (mean of the 3D->other and other->3D cross entropies) with
+  ONE learnable logit scale ``s = 1 / temperature`` shared by both terms (init ``1 / 0.07``, stored
+  as ``log s``, clamped to ``[1, 100]`` like CLIP).
+
+MSE choice (documented decision): REFERENCE states ``MSE(x_raw, b)``; the default ``mse_on="raw"``
+follows it literally: the *un-normalised* 3D embedding regresses the normalised, projected image
+feature (``F.mse_loss``, i.e. the mean over batch *and* channels). Besides pulling the direction
+it gives the raw embedding a unit-norm target, which keeps its scale in check (the InfoNCE terms
+only see its direction). ``mse_on="normalized"`` uses ``MSE(x, b) = (2 - 2 cos(x, b)) / C`` instead.
+
+Distributed training (DDP): features are all-gathered across ranks *with* gradients, so the
+negatives are the global batch ``N = sum_r B_r``. With ``local_loss=True`` (default) each rank only
+computes its own rows, ``logits = s * x_local @ y_all.T`` (``[B, N]``, and symmetrically
+``s * y_local @ x_all.T``) with targets ``arange(B) + offset_r`` where ``offset_r = sum_{q<r} B_q``
+(``rank * B`` for equal batches). With ``local_loss=False`` every rank computes the full ``N x N``
+logits (same value on every rank, more compute).
+
+Why no extra gradient scaling is needed: let ``L = mean_r L_r`` be the loss of the concatenated
+batch (for equal ``B_r``; ``L_r`` is what rank ``r`` returns). The backward of the gathering
+all-gather *sums* the gradients every rank sends for rank ``r``'s rows, so rank ``r``'s features
+receive ``sum_q dL_q/dx_r = W * dL/dx_r`` (``W`` = world size; the local MSE term gives the same
+``W * dL/dx_r``). Any replicated parameter ``theta`` then gets ``W * dL/dtheta`` summed over ranks'
+rows, and DDP's gradient *average* (divide by ``W``) yields exactly ``dL/dtheta``: the DDP gradient
+equals the single-process gradient on the concatenated batch (``tests/test_losses.py`` checks this
+with two gloo processes). The logit scale is used locally on each rank (its gradient on rank ``r``
+is ``dL_r/ds``), and averaging gives ``dL/ds`` as well. With ``local_loss=False`` ``L_r = L`` and
+the same argument holds.
+
+Tensor layouts: ``pc_feat [B, C]``, ``image_feat [B, D_img]``, ``text_feat [B, D_txt]``; outputs
+are 0-d tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["MTALoss", "contrastive_logits", "gather_features", "symmetric_infonce"]
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather_sizes(n: int, device: torch.device, world: int) -> list[int]:
+    local = torch.tensor([n], dtype=torch.long, device=device)
+    sizes = [torch.zeros_like(local) for _ in range(world)]
+    dist.all_gather(sizes, local)
+    return [int(s.item()) for s in sizes]
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """``[n, D] -> [W * n, D]`` (rank order); backward sums every rank's gradient for our rows.
+
+    Written with ``all_gather`` + ``all_reduce`` only, which every backend (gloo, NCCL) supports.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        rank, world = _dist_rank_world()
+        ctx.rank, ctx.n = rank, x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
+
+
+def gather_features(*feats: Tensor, enabled: bool = True) -> tuple[list[Tensor], int]:
+    """All-gather ``[B_r, D]`` tensors across ranks, keeping the autograd graph.
+
+    Returns ``(gathered, offset)``: ``gathered[i]`` is ``[N, D]`` (rank order, ``N = sum_r B_r``) and
+    ``offset`` is where this rank's rows start (``rank * B`` for equal batch sizes). Unequal batch
+    sizes are padded for the collective and cut back afterwards. Without an initialised process
+    group (or ``enabled=False``, or world size 1) the inputs come back unchanged with offset 0.
+
+    Backward: the gradient that reaches this rank's rows is the *sum* over ranks of the gradients
+    of their losses w.r.t. those rows (an all-reduce of the gathered gradient, then our slice).
+    """
+    rank, world = _dist_rank_world()
+    if not enabled or world == 1:
+        return list(feats), 0
+    n = feats[0].shape[0]
+    sizes = _gather_sizes(n, feats[0].device, world)
+    n_max = max(sizes)
+    out = []
+    for f in feats:
+        if f.shape[0] != n:
+            raise ValueError(
+                f"gather_features: all features need the same batch size, got {f.shape[0]} vs {n}"
+            )
+        padded = F.pad(f, (0, 0, 0, n_max - n)) if n_max > n else f
+        full = _AllGatherWithGrad.apply(padded)  # [W * n_max, D]
+        out.append(torch.cat([full[r * n_max : r * n_max + s] for r, s in enumerate(sizes)], dim=0))
+    return out, sum(sizes[:rank])
+
+
+def contrastive_logits(q: Tensor, k: Tensor, logit_scale: Tensor) -> Tensor:
+    """``logit_scale * q @ k.T`` for normalised ``q [B, C]`` and ``k [N, C]`` -> ``[B, N]``."""
+    return logit_scale * q @ k.transpose(0, 1)
+
+
+def symmetric_infonce(
+    a_local: Tensor,
+    b_local: Tensor,
+    a_all: Tensor,
+    b_all: Tensor,
+    offset: int,
+    logit_scale: Tensor,
+    *,
+    local_loss: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """CLIP's symmetric InfoNCE between paired, L2-normalised embeddings.
+
+    ``a_local, b_local [B, C]`` are this rank's rows (row ``i`` of ``a`` pairs with row ``i`` of
+    ``b``); ``a_all, b_all [N, C]`` the gathered global batch in which this rank's rows start at
+    ``offset``. Returns ``(loss, acc)``: the mean of the a->b and b->a cross entropies and the
+    in-batch a->b retrieval accuracy (top-1 over the ``N`` candidates) of the rows scored here.
+    """
+    if local_loss:
+        labels = torch.arange(a_local.shape[0], device=a_local.device) + offset
+        logits_ab = contrastive_logits(a_local, b_all, logit_scale)  # [B, N]
+        logits_ba = contrastive_logits(b_local, a_all, logit_scale)  # [B, N]
+    else:
+        labels = torch.arange(a_all.shape[0], device=a_all.device)
+        logits_ab = contrastive_logits(a_all, b_all, logit_scale)  # [N, N]
+        logits_ba = logits_ab.transpose(0, 1)
+    loss = 0.5 * (F.cross_entropy(logits_ab, labels) + F.cross_entropy(logits_ba, labels))
+    with torch.no_grad():
+        acc = (logits_ab.argmax(dim=-1) == labels).float().mean()
+    return loss, acc
+
+
+class MTALoss(nn.Module):
+    """SVL's Multi-scale Triple Alignment loss (see the module docstring for the maths and DDP).
+
+    Owns the trainable parts of the alignment: the image/text projections and the temperature.
+
+    Args:
+        embed_dim: ``C``, the size of the 3D embedding (``pc_feat``) and of the shared space.
+        clip_dim: CLIP feature size ``D_clip`` of both towers (default ``embed_dim``).
+        image_dim, text_dim: per-tower feature sizes when they differ (e.g. a CLIP image tower
+            with a 384-d MiniLM text tower); default ``clip_dim``.
+        project: trainable ``nn.Linear(D, C)`` projections. ``False`` is only allowed when the
+            tower dims equal ``embed_dim`` (identity).
+        proj_bias: give the projections a bias (default no bias: a pure linear map, like CLIP's).
+        lambda_text, lambda_image, lambda_mse: ``l1, l2, l3``. Every term whose input is given is
+            computed (and reported); its weight decides what enters ``loss``, so a zero weight
+            reproduces REFERENCE's ablations. A feature may be ``None`` only when all weights of
+            its terms are 0 (its projection then gets no gradient: DDP needs
+            ``find_unused_parameters`` in that case).
+        init_temperature: initial temperature (logit scale ``1 / init_temperature``).
+        max_logit_scale: clamp of the logit scale (CLIP: 100); the stored ``log`` scale is clamped
+            in place to ``[0, log(max_logit_scale)]`` at the start of every forward, as CLIP does
+            after each optimizer step.
+        learnable_temperature: ``False`` keeps the temperature fixed (a buffer).
+        mse_on: ``"raw"`` (default, REFERENCE's ``MSE(x_raw, b)``) or ``"normalized"`` (``MSE(x, b)``).
+        gather: all-gather features across ranks when a process group is initialised.
+        local_loss: score only this rank's rows against the global batch (``[B, N]`` logits)
+            instead of the full ``[N, N]`` matrix on every rank; same gradients, less compute.
+    """
+
+    def __init__(
+        self,
+        *,
+        embed_dim: int,
+        clip_dim: int | None = None,
+        image_dim: int | None = None,
+        text_dim: int | None = None,
+        project: bool = True,
+        proj_bias: bool = False,
+        lambda_text: float = 1.0,
+        lambda_image: float = 1.0,
+        lambda_mse: float = 1.0,
+        init_temperature: float = 0.07,
+        max_logit_scale: float = 100.0,
+        learnable_temperature: bool = True,
+        mse_on: Literal["raw", "normalized"] = "raw",
+        gather: bool = True,
+        local_loss: bool = True,
+    ) -> None:
+        super().__init__()
+        clip_dim = embed_dim if clip_dim is None else clip_dim
+        self.embed_dim = int(embed_dim)
+        self.image_dim = int(clip_dim if image_dim is None else image_dim)
+        self.text_dim = int(clip_dim if text_dim is None else text_dim)
+        if mse_on not in ("raw", "normalized"):
+            raise ValueError(f"MTALoss: mse_on must be 'raw' or 'normalized', got {mse_on!r}")
+        if not 0 < init_temperature:
+            raise ValueError(f"MTALoss: init_temperature must be > 0, got {init_temperature}")
+        if max_logit_scale < 1.0:
+            raise ValueError(f"MTALoss: max_logit_scale must be >= 1, got {max_logit_scale}")
+        self.lambda_text = float(lambda_text)
+        self.lambda_image = float(lambda_image)
+        self.lambda_mse = float(lambda_mse)
+        self.mse_on = mse_on
+        self.gather = gather
+        self.local_loss = local_loss
+        self.max_log_scale = math.log(max_logit_scale)
+
+        if project:
+            self.proj_image: nn.Module = nn.Linear(self.image_dim, self.embed_dim, bias=proj_bias)
+            self.proj_text: nn.Module = nn.Linear(self.text_dim, self.embed_dim, bias=proj_bias)
+        else:
+            if self.image_dim != self.embed_dim or self.text_dim != self.embed_dim:
+                raise ValueError(
+                    "MTALoss: project=False needs image_dim == text_dim == embed_dim, got "
+                    f"image_dim={self.image_dim}, text_dim={self.text_dim}, embed_dim={self.embed_dim}"
+                )
+            self.proj_image = nn.Identity()
+            self.proj_text = nn.Identity()
+
+        init = torch.tensor(math.log(1.0 / init_temperature)).clamp(0.0, self.max_log_scale)
+        if learnable_temperature:
+            self.logit_scale = nn.Parameter(init)
+        else:
+            self.register_buffer("logit_scale", init)
+
+    # ------------------------------------------------------------------ helpers
+    def _project(self, proj: nn.Module, feat: Tensor, dim: int, name: str) -> Tensor:
+        if feat.ndim != 2 or feat.shape[1] != dim:
+            raise ValueError(f"MTALoss: {name} must be [B, {dim}], got {tuple(feat.shape)}")
+        feat = feat.to(proj.weight.dtype if isinstance(proj, nn.Linear) else self.logit_scale.dtype)
+        return F.normalize(proj(feat), dim=-1)
+
+    def project_text(self, text_feat: Tensor) -> Tensor:
+        """``normalise(proj_t(text_feat))``: ``[K, D_txt] -> [K, C]`` (Rep-VLI uses this on prompts)."""
+        return self._project(self.proj_text, text_feat, self.text_dim, "text_feat")
+
+    def project_image(self, image_feat: Tensor) -> Tensor:
+        """``normalise(proj_i(image_feat))``: ``[K, D_img] -> [K, C]``."""
+        return self._project(self.proj_image, image_feat, self.image_dim, "image_feat")
+
+    def clamp_logit_scale_(self) -> None:
+        """Clamp the stored log logit scale to ``[0, log(max_logit_scale)]`` in place (CLIP)."""
+        with torch.no_grad():
+            self.logit_scale.clamp_(0.0, self.max_log_scale)
+
+    @property
+    def scale(self) -> Tensor:
+        """The logit scale ``1 / temperature`` (0-d, differentiable)."""
+        return self.logit_scale.exp()
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        pc_feat: Tensor,
+        image_feat: Tensor | None = None,
+        text_feat: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """Compute MTA on this rank's batch.
+
+        Args:
+            pc_feat: ``[B, C]`` raw 3D embedding (not normalised).
+            image_feat: ``[B, D_img]`` frozen CLIP image features (may be ``None`` when
+                ``lambda_image == lambda_mse == 0``).
+            text_feat: ``[B, D_txt]`` frozen CLIP text features (may be ``None`` when
+                ``lambda_text == 0``).
+
+        Under DDP every rank must call this with the same set of non-``None`` features (the
+        gathers are collectives).
+
+        Returns:
+            dict of 0-d tensors: ``loss`` (weighted total, differentiable), ``loss_text``,
+            ``loss_image``, ``loss_mse`` (unweighted terms, differentiable; 0 when the feature is
+            ``None``),
+            ``logit_scale`` (detached ``1 / temperature``), ``acc_text`` / ``acc_image`` (in-batch
+            top-1 3D->text / 3D->image retrieval accuracy over the global batch, detached).
+        """
+        if pc_feat.ndim != 2 or pc_feat.shape[1] != self.embed_dim:
+            raise ValueError(f"MTALoss: pc_feat must be [B, {self.embed_dim}], got {tuple(pc_feat.shape)}")
+        bsz = pc_feat.shape[0]
+        use_text = text_feat is not None
+        use_image = image_feat is not None
+        if not use_text and self.lambda_text != 0.0:
+            raise ValueError("MTALoss: text_feat is None but lambda_text != 0")
+        if not use_image and (self.lambda_image != 0.0 or self.lambda_mse != 0.0):
+            raise ValueError("MTALoss: image_feat is None but lambda_image or lambda_mse != 0")
+        for name, f in (("image_feat", image_feat), ("text_feat", text_feat)):
+            if f is not None and f.shape[0] != bsz:
+                raise ValueError(f"MTALoss: {name} has batch {f.shape[0]}, pc_feat has {bsz}")
+
+        if isinstance(self.logit_scale, nn.Parameter):
+            self.clamp_logit_scale_()
+        scale = self.scale
+        pc_feat = pc_feat.to(self.logit_scale.dtype)  # the loss runs in the module's dtype (fp32)
+        zero = pc_feat.new_zeros(())
+
+        x = F.normalize(pc_feat, dim=-1)
+        y = self.project_text(text_feat) if use_text else None
+        b = self.project_image(image_feat) if use_image else None
+        local = [t for t in (x, y, b) if t is not None]
+        gathered, offset = gather_features(*local, enabled=self.gather)
+        x_all = gathered.pop(0)
+        y_all = gathered.pop(0) if use_text else None
+        b_all = gathered.pop(0) if use_image else None
+
+        out: dict[str, Tensor] = {
+            "loss_text": zero,
+            "acc_text": zero.detach(),
+            "loss_image": zero,
+            "acc_image": zero.detach(),
+            "loss_mse": zero,
+        }
+        loss = zero
+        if use_text:
+            out["loss_text"], out["acc_text"] = symmetric_infonce(
+                x, y, x_all, y_all, offset, scale, local_loss=self.local_loss
+            )
+            loss = loss + self.lambda_text * out["loss_text"]
+        if use_image:
+            out["loss_image"], out["acc_image"] = symmetric_infonce(
+                x, b, x_all, b_all, offset, scale, local_loss=self.local_loss
+            )
+            source = pc_feat if self.mse_on == "raw" else x
+            out["loss_mse"] = F.mse_loss(source, b)
+            loss = loss + self.lambda_image * out["loss_image"] + self.lambda_mse * out["loss_mse"]
+        out["loss"] = loss
+        out["logit_scale"] = scale.detach()
+        return out
+
+    def extra_repr(self) -> str:
+        return (
+            f"embed_dim={self.embed_dim}, image_dim={self.image_dim}, text_dim={self.text_dim}, "
+            f"lambdas=({self.lambda_text}, {self.lambda_image}, {self.lambda_mse}), mse_on={self.mse_on!r}, "
+            f"local_loss={self.local_loss}"
+        )
