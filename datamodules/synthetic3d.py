@@ -1,0 +1,881 @@
+"""Procedural 3D triplets (point cloud + rendered view + caption): SVL's embedded, download-free default.
+
+Every object is assembled from primitive triangle meshes (box, frustum / cylinder / cone, sphere patch,
+torus arc, pyramid, prism) with random proportions, a random yaw and a random named colour per object
+(some parts get a fixed material colour: wooden legs, black wheels, a brown trunk ...). From the mesh:
+
+* ``points``: ``num_points`` surface samples, area-weighted, xyz normalised to the unit sphere, rgb = the
+  albedo of the part the point lies on;
+* ``image``: a real rendering of the same mesh from a random view (azimuth, elevation 10-40 degrees):
+  dense area-weighted surface samples, orthographic projection fitted to the image, z-buffered splats,
+  two-sided Lambert shading from the face normals, white background;
+* ``text``: a caption from templates with the colour and category name ("a red chair",
+  "a photo of an orange airplane" ...).
+
+The y axis is up (as in ModelNet40 / ShapeNet). Generation is deterministic: sample ``k`` of category
+``c`` in split ``s`` uses ``numpy.random.default_rng([seed, s, c, k])``. The three splits are generated once
+(tqdm progress bar) and cached as ``.npz`` in ``cache_dir`` (default
+``~/.cache/spikelight/synthetic3d/<hash of the generation parameters>``); later instances load the cache.
+
+Splits: ``train`` (pretraining categories), ``val_objects`` (new objects of the pretraining categories)
+and ``val_categories`` (held-out categories, never seen in training).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from spikelight.datamodules.pc_transforms import PointCloudTransform
+from spikelight.datamodules.pointcloud import PROMPT_TEMPLATES, PointCloudDataModuleBase
+
+__all__ = [
+    "CATEGORIES",
+    "COLOURS",
+    "DEFAULT_HELDOUT",
+    "CAPTION_TEMPLATES",
+    "GENERATOR_VERSION",
+    "make_object",
+    "sample_object",
+    "render_points",
+    "generate_sample",
+    "make_caption",
+    "generate_split",
+    "Synthetic3DDataset",
+    "Synthetic3DDataModule",
+]
+
+GENERATOR_VERSION = 1
+
+#: named colours (linear-ish sRGB in [0, 1]); the caption uses the name
+COLOURS: dict[str, tuple[float, float, float]] = {
+    "red": (0.85, 0.12, 0.10),
+    "green": (0.15, 0.62, 0.20),
+    "blue": (0.14, 0.30, 0.85),
+    "yellow": (0.95, 0.85, 0.12),
+    "orange": (0.96, 0.50, 0.08),
+    "purple": (0.52, 0.20, 0.70),
+    "pink": (0.96, 0.52, 0.72),
+    "brown": (0.50, 0.30, 0.12),
+    "gray": (0.52, 0.52, 0.54),
+    "black": (0.10, 0.10, 0.11),
+    "cyan": (0.10, 0.74, 0.80),
+}
+_COLOUR_NAMES = list(COLOURS)
+_WOOD = (0.55, 0.36, 0.18)
+_METAL = (0.62, 0.63, 0.66)
+_DARK = (0.12, 0.12, 0.13)
+_LIGHT = (0.90, 0.89, 0.86)
+
+#: caption templates; fields: {c} colour, {n} name, {a_c} / {a_n} the article for colour / name
+CAPTION_TEMPLATES: list[str] = [
+    "{a_c} {c} {n}",
+    "a photo of {a_c} {c} {n}",
+    "a 3D model of {a_c} {c} {n}",
+    "a rendering of {a_c} {c} {n}",
+    "{a_n} {n} painted {c}",
+    "a point cloud of {a_c} {c} {n}",
+    "{a_c} {c} {n} on a white background",
+    "a small {c} {n}",
+    "the {n}, in {c}",
+]
+
+#: default held-out ("unseen") categories for the val_categories split
+DEFAULT_HELDOUT: tuple[str, ...] = ("mug", "bench", "lamp", "sofa")
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+def make_caption(colour: str, name: str, template: int | str = 0) -> str:
+    """Caption for a ``colour`` ``name`` object from :data:`CAPTION_TEMPLATES` (index or a format string)."""
+    t = CAPTION_TEMPLATES[template] if isinstance(template, int) else template
+    return t.format(c=colour, n=name, a_c=_article(colour), a_n=_article(name))
+
+
+# ----------------------------------------------------------------------------------------------------
+# unit primitive meshes (y up, fitting in [-0.5, 0.5]^3 unless stated); cached, read-only
+# ----------------------------------------------------------------------------------------------------
+def _grid_faces(rows: int, cols: int, wrap: bool) -> np.ndarray:
+    """Quads of a (rows+1) x cols vertex grid (cols wraps around when ``wrap``) -> triangles [F, 3]."""
+    i, j = np.meshgrid(np.arange(rows), np.arange(cols if wrap else cols - 1), indexing="ij")
+    j1 = (j + 1) % cols
+    a, b = i * cols + j, i * cols + j1
+    c, d = (i + 1) * cols + j, (i + 1) * cols + j1
+    return np.concatenate([np.stack([a, c, b], -1).reshape(-1, 3), np.stack([b, c, d], -1).reshape(-1, 3)])
+
+
+def _frozen(v: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    v, f = np.ascontiguousarray(v, np.float64), np.ascontiguousarray(f, np.int64)
+    v.flags.writeable = False
+    f.flags.writeable = False
+    return v, f
+
+
+@lru_cache(maxsize=None)
+def _box() -> tuple[np.ndarray, np.ndarray]:
+    v = np.array([[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)])
+    quads = [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4), (1, 5, 7, 3)]
+    f = [(q[0], q[1], q[2]) for q in quads] + [(q[0], q[2], q[3]) for q in quads]
+    return _frozen(v, np.array(f))
+
+
+@lru_cache(maxsize=None)
+def _frustum(top: float = 1.0, caps: bool = True, seg: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    """Radius 0.5 at y=-0.5, radius 0.5*top at y=0.5; ``top=0`` is a cone, ``caps=False`` an open tube."""
+    phi = np.linspace(0, 2 * np.pi, seg, endpoint=False)
+    ring = np.stack([np.cos(phi), np.zeros(seg), np.sin(phi)], 1) * 0.5
+    bottom = ring + [0, -0.5, 0]
+    upper = ring * [top, 0, top] + [0, 0.5, 0]
+    v = [bottom, upper]
+    f = [_grid_faces(1, seg, True)]
+    if caps:
+        v.append(np.array([[0, -0.5, 0], [0, 0.5, 0]]))
+        cb, ct = 2 * seg, 2 * seg + 1
+        j = np.arange(seg)
+        f.append(np.stack([np.full(seg, cb), j, (j + 1) % seg], 1))
+        if top > 0:
+            f.append(np.stack([np.full(seg, ct), seg + (j + 1) % seg, seg + j], 1))
+    return _frozen(np.concatenate(v), np.concatenate(f))
+
+
+@lru_cache(maxsize=None)
+def _sphere(theta0: float = 0.0, theta1: float = math.pi, nu: int = 24, nv: int = 12):
+    """Sphere patch of radius 0.5 between polar angles ``theta0`` (0 = top) and ``theta1``."""
+    th = np.linspace(theta0, theta1, nv + 1)
+    ph = np.linspace(0, 2 * np.pi, nu, endpoint=False)
+    T, P = np.meshgrid(th, ph, indexing="ij")
+    v = np.stack([np.sin(T) * np.cos(P), np.cos(T), np.sin(T) * np.sin(P)], -1).reshape(-1, 3) * 0.5
+    return _frozen(v, _grid_faces(nv, nu, True))
+
+
+@lru_cache(maxsize=None)
+def _torus(tube: float, arc: float = 2 * math.pi, nu: int = 32, nv: int = 10):
+    """Torus around the y axis, major radius 1, tube radius ``tube``; ``arc < 2 pi`` gives an open arc
+    centred on +x. (Size 2 + 2*tube across: scale it yourself.)"""
+    closed = arc >= 2 * math.pi - 1e-9
+    ph = np.linspace(-arc / 2, arc / 2, nu, endpoint=not closed)
+    th = np.linspace(0, 2 * np.pi, nv, endpoint=False)
+    P, T = np.meshgrid(ph, th, indexing="ij")  # rows along the arc, cols around the tube
+    rr = 1 + tube * np.cos(T)
+    v = np.stack([rr * np.cos(P), tube * np.sin(T), rr * np.sin(P)], -1).reshape(-1, 3)
+    f = _grid_faces(nu - 1, nv, True)
+    if closed:  # stitch the last row of the arc to the first
+        j = np.arange(nv)
+        a, b = (nu - 1) * nv + j, (nu - 1) * nv + (j + 1) % nv
+        f = np.concatenate([f, np.stack([a, j, b], 1), np.stack([b, j, (j + 1) % nv], 1)])
+    return _frozen(v, f)
+
+
+@lru_cache(maxsize=None)
+def _pyramid():
+    v = np.array([[-0.5, -0.5, -0.5], [0.5, -0.5, -0.5], [0.5, -0.5, 0.5], [-0.5, -0.5, 0.5], [0, 0.5, 0]])
+    f = np.array([[0, 1, 2], [0, 2, 3], [0, 4, 1], [1, 4, 2], [2, 4, 3], [3, 4, 0]])
+    return _frozen(v, f)
+
+
+@lru_cache(maxsize=None)
+def _prism():
+    """Triangular prism: cross-section (-.5,-.5), (.5,-.5), (0,.5) in xy, extruded along z in [-.5, .5]."""
+    tri = np.array([[-0.5, -0.5], [0.5, -0.5], [0.0, 0.5]])
+    v = np.concatenate([np.c_[tri, np.full(3, -0.5)], np.c_[tri, np.full(3, 0.5)]])
+    f = np.array([[0, 2, 1], [3, 4, 5], [0, 1, 4], [0, 4, 3], [1, 2, 5], [1, 5, 4], [2, 0, 3], [2, 3, 5]])
+    return _frozen(v, f)
+
+
+def _rot(axis: str, angle: float) -> np.ndarray:
+    c, s = math.cos(angle), math.sin(angle)
+    if axis == "x":
+        return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    if axis == "y":
+        return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+
+
+_AX_X = _rot("z", -math.pi / 2)  # maps the primitives' y axis onto +x
+_AX_Z = _rot("x", math.pi / 2)  # maps the y axis onto +z
+
+
+class _Builder:
+    """Collects placed parts: ``part(mesh, size, pos, colour, rot)`` puts ``mesh`` scaled by ``size``,
+    rotated by ``rot`` (3x3) and translated to ``pos``."""
+
+    def __init__(self, rng: np.random.Generator, colour: tuple[float, float, float]):
+        self.rng, self.main = rng, np.asarray(colour)
+        self.verts: list[np.ndarray] = []
+        self.faces: list[np.ndarray] = []
+        self.cols: list[np.ndarray] = []
+        self.n = 0
+
+    def u(self, a: float, b: float) -> float:
+        return float(self.rng.uniform(a, b))
+
+    def part(self, mesh, size, pos, colour=None, rot=None) -> None:
+        v, f = mesh
+        v = v * np.asarray(size, dtype=np.float64)
+        if rot is not None:
+            v = v @ np.asarray(rot).T
+        v = v + np.asarray(pos, dtype=np.float64)
+        col = self.main if colour is None else np.asarray(colour)
+        col = np.clip(col + self.rng.uniform(-0.04, 0.04, 3), 0, 1)  # slight per-part tint
+        self.verts.append(v)
+        self.faces.append(f + self.n)
+        self.cols.append(np.broadcast_to(col, (len(f), 3)))
+        self.n += len(v)
+
+    # shorthands
+    def box(self, size, pos, colour=None, rot=None):
+        self.part(_box(), size, pos, colour, rot)
+
+    def cyl(self, r, h, pos, colour=None, axis="y", top=1.0, caps=True, seg=24, rz=None):
+        rot = {"y": None, "x": _AX_X, "z": _AX_Z}[axis]
+        rz = r if rz is None else rz
+        self.part(_frustum(round(top, 3), caps, seg), (2 * r, h, 2 * rz), pos, colour, rot)
+
+    def mesh(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return (
+            np.concatenate(self.verts),
+            np.concatenate(self.faces),
+            np.concatenate(self.cols).astype(np.float64),
+        )
+
+
+def _legs(b: _Builder, xs: float, zs: float, h: float, t: float, colour, round_legs: bool) -> None:
+    for sx in (-1, 1):
+        for sz in (-1, 1):
+            pos = (sx * xs, h / 2, sz * zs)
+            if round_legs:
+                b.cyl(t / 2, h, pos, colour, seg=10)
+            else:
+                b.box((t, h, t), pos, colour)
+
+
+# ----------------------------------------------------------------------------------------------------
+# category builders (each draws its own proportions)
+# ----------------------------------------------------------------------------------------------------
+def _c_box(b: _Builder):
+    sx, sy, sz = b.u(0.4, 1.0), b.u(0.4, 1.0), b.u(0.4, 1.0)
+    b.box((sx, sy, sz), (0, sy / 2, 0))
+
+
+def _c_cylinder(b: _Builder):
+    r, h = b.u(0.2, 0.45), b.u(0.5, 1.3)
+    b.cyl(r, h, (0, h / 2, 0))
+
+
+def _c_cone(b: _Builder):
+    r, h = b.u(0.25, 0.5), b.u(0.6, 1.3)
+    b.cyl(r, h, (0, h / 2, 0), top=0.0)
+
+
+def _c_sphere(b: _Builder):
+    d = b.u(0.6, 1.0)
+    b.part(_sphere(), (d, d * b.u(0.9, 1.1), d), (0, 0, 0))
+
+
+def _torus_like(b: _Builder, tube: float):
+    tilt = b.u(0, math.pi / 2) if b.rng.random() < 0.5 else 0.0
+    b.part(_torus(round(tube, 2)), (0.5, 0.5, 0.5), (0, 0, 0), rot=_rot("x", tilt))
+
+
+def _c_torus(b: _Builder):
+    _torus_like(b, b.u(0.28, 0.5))
+
+
+def _c_ring(b: _Builder):
+    _torus_like(b, b.u(0.05, 0.1))
+
+
+def _c_pyramid(b: _Builder):
+    w, h = b.u(0.6, 1.0), b.u(0.5, 1.2)
+    b.part(_pyramid(), (w, h, w * b.u(0.9, 1.1)), (0, h / 2, 0))
+
+
+def _c_chair(b: _Builder):
+    w, d, hs, t = b.u(0.45, 0.6), b.u(0.45, 0.6), b.u(0.4, 0.55), b.u(0.04, 0.07)
+    legc = _WOOD if b.rng.random() < 0.5 else None
+    lt = b.u(0.035, 0.06)
+    _legs(b, w / 2 - lt / 2, d / 2 - lt / 2, hs, lt, legc, b.rng.random() < 0.5)
+    b.box((w, t, d), (0, hs + t / 2, 0))
+    hb = b.u(0.4, 0.65)
+    b.box((w, hb, t), (0, hs + t + hb / 2, -d / 2 + t / 2))
+
+
+def _c_table(b: _Builder):
+    h, t = b.u(0.6, 0.8), b.u(0.03, 0.06)
+    topc = None
+    legc = _WOOD if b.rng.random() < 0.4 else None
+    if b.rng.random() < 0.3:  # round table on a pedestal
+        r = b.u(0.45, 0.7)
+        b.cyl(r, t, (0, h - t / 2, 0), topc, seg=32)
+        b.cyl(b.u(0.04, 0.07), h - t, (0, (h - t) / 2, 0), legc, seg=12)
+        b.cyl(r * 0.45, 0.04, (0, 0.02, 0), legc, seg=24)
+    else:
+        w, d, lt = b.u(0.9, 1.5), b.u(0.6, 0.9), b.u(0.05, 0.08)
+        b.box((w, t, d), (0, h - t / 2, 0), topc)
+        _legs(b, w / 2 - lt, d / 2 - lt, h - t, lt, legc, b.rng.random() < 0.4)
+
+
+def _c_stool(b: _Builder):
+    r, h, t = b.u(0.16, 0.25), b.u(0.45, 0.75), b.u(0.04, 0.07)
+    b.cyl(r, t, (0, h - t / 2, 0), seg=24)
+    n = 3 if b.rng.random() < 0.5 else 4
+    legc = _WOOD if b.rng.random() < 0.5 else _METAL
+    for k in range(n):
+        a = 2 * math.pi * k / n + math.pi / 4
+        b.cyl(0.02, h - t, (0.75 * r * math.cos(a), (h - t) / 2, 0.75 * r * math.sin(a)), legc, seg=8)
+
+
+def _c_bench(b: _Builder):
+    L, d, h, t = b.u(1.3, 1.9), b.u(0.3, 0.45), b.u(0.4, 0.5), b.u(0.04, 0.07)
+    legc = _METAL if b.rng.random() < 0.5 else _DARK
+    b.box((L, t, d), (0, h - t / 2, 0))
+    for sx in (-1, 1):  # slab legs at both ends
+        b.box((0.05, h - t, d * 0.9), (sx * (L / 2 - 0.12), (h - t) / 2, 0), legc)
+    if b.rng.random() < 0.5:  # park bench with a back
+        hb = b.u(0.25, 0.4)
+        b.box((L, hb, t), (0, h + 0.05 + hb / 2, -d / 2 + t / 2))
+
+
+def _c_bed(b: _Builder):
+    w, L, h = b.u(0.9, 1.4), b.u(1.7, 2.1), b.u(0.2, 0.3)
+    b.box((w, h, L), (0, 0.08 + h / 2, 0))
+    for sx in (-1, 1):
+        for sz in (-1, 1):
+            b.box((0.06, 0.08, 0.06), (sx * (w / 2 - 0.05), 0.04, sz * (L / 2 - 0.05)), _DARK)
+    mh = b.u(0.12, 0.2)
+    b.box((w * 0.96, mh, L * 0.96), (0, 0.08 + h + mh / 2, 0.01), _LIGHT)
+    hb = b.u(0.5, 0.8)
+    b.box((w, hb, 0.06), (0, hb / 2, -L / 2 - 0.03))
+    b.box((w * 0.4, 0.08, 0.25), (0, 0.08 + h + mh + 0.04, -L / 2 + 0.2), _LIGHT)
+
+
+def _c_shelf(b: _Builder):
+    W, H, D, t = b.u(0.6, 1.0), b.u(1.0, 1.8), b.u(0.25, 0.4), 0.04
+    for sx in (-1, 1):
+        b.box((t, H, D), (sx * (W / 2 - t / 2), H / 2, 0))
+    n = int(b.rng.integers(3, 6))
+    for k in range(n):
+        y = t / 2 + k * (H - t) / (n - 1)
+        b.box((W - 2 * t, t, D), (0, y, 0))
+    b.box((W, H, 0.02), (0, H / 2, -D / 2 + 0.01))
+
+
+def _c_sofa(b: _Builder):
+    W, D, hs = b.u(1.4, 2.0), b.u(0.7, 0.9), b.u(0.35, 0.45)
+    b.box((W, hs - 0.08, D), (0, 0.08 + (hs - 0.08) / 2, 0))
+    hb, tb = b.u(0.35, 0.5), b.u(0.15, 0.22)
+    b.box((W, hb, tb), (0, hs + hb / 2, -D / 2 + tb / 2))
+    ha, ta = b.u(0.15, 0.25), b.u(0.12, 0.2)
+    for sx in (-1, 1):
+        b.box((ta, ha, D), (sx * (W / 2 + ta / 2), hs + ha / 2 - 0.08, 0))
+    _legs(b, W / 2 - 0.06, D / 2 - 0.06, 0.08, 0.05, _DARK, False)
+
+
+def _c_mug(b: _Builder):
+    r, h = b.u(0.22, 0.32), b.u(0.45, 0.7)
+    b.cyl(r, h, (0, h / 2, 0), caps=False, seg=28)
+    b.cyl(r, 0.02, (0, 0.01, 0), seg=28)
+    hr = h * b.u(0.22, 0.3)
+    b.part(_torus(0.18, math.pi * 1.1), (hr, hr, hr), (r + hr * 0.2, h * 0.5, 0), rot=_rot("x", math.pi / 2))
+
+
+def _c_bowl(b: _Builder):
+    r, depth = b.u(0.45, 0.6), b.u(0.45, 0.8)
+    b.part(_sphere(math.pi / 2, math.pi), (2 * r, 2 * r * depth, 2 * r), (0, r * depth, 0))
+    b.cyl(r * 0.4, 0.05, (0, 0.025, 0), seg=24)
+
+
+def _c_bottle(b: _Builder):
+    r, h = b.u(0.14, 0.22), b.u(0.5, 0.8)
+    b.cyl(r, h, (0, h / 2, 0), seg=24)
+    sh, nr = b.u(0.1, 0.2), r * b.u(0.3, 0.45)
+    b.cyl(r, sh, (0, h + sh / 2, 0), top=nr / r, caps=False, seg=24)
+    nh = b.u(0.12, 0.25)
+    b.cyl(nr, nh, (0, h + sh + nh / 2, 0), caps=False, seg=16)
+    b.cyl(nr * 1.15, 0.06, (0, h + sh + nh + 0.03, 0), _DARK if b.rng.random() < 0.5 else _LIGHT, seg=16)
+
+
+def _c_lamp(b: _Builder):
+    H = b.u(0.7, 1.3)
+    basec = _METAL if b.rng.random() < 0.5 else _DARK
+    b.cyl(b.u(0.15, 0.25), 0.05, (0, 0.025, 0), basec, seg=24)
+    b.cyl(0.02, H, (0, H / 2, 0), basec, seg=8)
+    sr, sh = b.u(0.2, 0.32), b.u(0.22, 0.35)
+    b.cyl(sr, sh, (0, H + sh * 0.3, 0), top=b.u(0.45, 0.7), caps=False, seg=28)
+
+
+def _c_car(b: _Builder):
+    L, W, hb, wr = b.u(1.5, 2.0), b.u(0.7, 0.9), b.u(0.28, 0.38), b.u(0.15, 0.2)
+    b.box((L, hb, W), (0, wr + hb / 2, 0))
+    cl, ch = L * b.u(0.45, 0.6), hb * b.u(0.7, 1.0)
+    b.box(
+        (cl, ch, W * 0.88),
+        (-L * b.u(0.0, 0.1), wr + hb + ch / 2, 0),
+        _LIGHT if b.rng.random() < 0.3 else None,
+    )
+    for sx in (-1, 1):
+        for sz in (-1, 1):
+            b.cyl(wr, 0.12, (sx * L * 0.32, wr, sz * (W / 2)), _DARK, axis="z", seg=16)
+
+
+def _c_airplane(b: _Builder):
+    L, r = b.u(1.6, 2.0), b.u(0.07, 0.11)
+    b.cyl(r, L * 0.7, (0, 0, 0), axis="x", caps=False, seg=16)
+    b.cyl(r, L * 0.12, (L * 0.35 + L * 0.06, 0, 0), axis="x", top=0.0, caps=False, seg=16)
+    b.cyl(r, L * 0.18, (-L * 0.35 - L * 0.09, 0, 0), axis="x", top=0.25, caps=False, seg=16, rz=None)
+    span, chord = b.u(1.4, 2.0), b.u(0.22, 0.35)
+    wc = None if b.rng.random() < 0.6 else _LIGHT
+    b.box((chord, 0.03, span), (b.u(-0.05, 0.1), -r * 0.3, 0), wc)
+    b.box((chord * 0.6, 0.025, span * 0.35), (-L * 0.45, 0, 0), wc)
+    fh = b.u(0.2, 0.3)
+    b.box((chord * 0.6, fh, 0.025), (-L * 0.45, fh / 2 + r * 0.5, 0), wc)
+
+
+def _c_tree(b: _Builder):
+    th, tr = b.u(0.3, 0.55), b.u(0.05, 0.09)
+    b.cyl(tr, th, (0, th / 2, 0), _WOOD, seg=10)
+    if b.rng.random() < 0.5:  # broadleaf
+        d = b.u(0.6, 0.9)
+        b.part(_sphere(), (d, d * b.u(0.9, 1.3), d), (0, th + d * 0.4, 0))
+    else:  # pine: stacked cones
+        n, r0 = int(b.rng.integers(2, 4)), b.u(0.3, 0.45)
+        y = th * 0.8
+        for k in range(n):
+            rk, hk = r0 * (1 - 0.22 * k), b.u(0.35, 0.5)
+            b.cyl(rk, hk, (0, y + hk / 2, 0), top=0.0, seg=20)
+            y += hk * 0.55
+
+
+def _c_house(b: _Builder):
+    W, H, D = b.u(0.8, 1.2), b.u(0.5, 0.8), b.u(0.7, 1.0)
+    b.box((W, H, D), (0, H / 2, 0))
+    rh = b.u(0.3, 0.55)
+    roofc = [(0.55, 0.15, 0.1), _DARK, (0.35, 0.22, 0.12)][int(b.rng.integers(3))]
+    b.part(_prism(), (W * 1.1, rh, D * 1.1), (0, H + rh / 2, 0), roofc)
+    b.box((0.18, 0.32, 0.02), (b.u(-0.2, 0.2) * W, 0.16, D / 2 + 0.01), _DARK)
+
+
+def _c_rocket(b: _Builder):
+    r, h = b.u(0.1, 0.16), b.u(0.9, 1.4)
+    b.cyl(r, h, (0, h / 2 + 0.1, 0), caps=False, seg=20)
+    nh = b.u(0.2, 0.35)
+    b.cyl(r, nh, (0, h + 0.1 + nh / 2, 0), top=0.0, caps=False, seg=20)
+    b.cyl(r * 0.8, 0.1, (0, 0.05, 0), _DARK, top=1.3, seg=16)
+    n, fc = int(b.rng.integers(3, 5)), _LIGHT if b.rng.random() < 0.5 else _DARK
+    for k in range(n):
+        a = 2 * math.pi * k / n
+        fl = b.u(0.15, 0.25)
+        b.box(
+            (fl, 0.3, 0.02), ((r + fl / 2) * math.cos(a), 0.25, (r + fl / 2) * math.sin(a)), fc, _rot("y", -a)
+        )
+
+
+def _c_dumbbell(b: _Builder):
+    L = b.u(0.6, 0.9)
+    b.cyl(0.03, L, (0, 0, 0), _METAL, axis="x", seg=10)
+    if b.rng.random() < 0.5:
+        d = b.u(0.25, 0.35)
+        for sx in (-1, 1):
+            b.part(_sphere(), (d, d, d), (sx * L / 2, 0, 0))
+    else:
+        wr, wl = b.u(0.14, 0.2), b.u(0.12, 0.2)
+        for sx in (-1, 1):
+            b.cyl(wr, wl, (sx * (L / 2 - wl / 2 + 0.05), 0, 0), axis="x", seg=20)
+
+
+def _c_mushroom(b: _Builder):
+    sr, sh = b.u(0.07, 0.13), b.u(0.3, 0.5)
+    b.cyl(sr, sh, (0, sh / 2, 0), _LIGHT, seg=14)
+    cr, ch = b.u(0.3, 0.5), b.u(0.3, 0.6)
+    b.part(_sphere(0.0, math.pi / 2), (2 * cr, 2 * cr * ch, 2 * cr), (0, sh, 0))
+    b.cyl(cr, 0.01, (0, sh, 0), _LIGHT, seg=24)
+
+
+def _c_snowman(b: _Builder):
+    y = 0.0
+    for d in (b.u(0.55, 0.7), b.u(0.4, 0.5), b.u(0.28, 0.36)):
+        b.part(_sphere(), (d, d, d), (0, y + d / 2, 0))
+        y += d * 0.85
+    b.cyl(0.03, 0.15, (0, y - 0.1, 0.2), (0.95, 0.5, 0.1), axis="z", top=0.0, seg=8)
+    b.cyl(0.14, 0.2, (0, y + 0.1, 0), _DARK, seg=16)
+
+
+def _c_monitor(b: _Builder):
+    W, H = b.u(0.9, 1.4), b.u(0.55, 0.8)
+    y0 = b.u(0.2, 0.3)
+    b.box((W, H, 0.05), (0, y0 + H / 2, 0))
+    b.box((W * 0.92, H * 0.88, 0.01), (0, y0 + H / 2, 0.03), _DARK)
+    b.box((0.08, y0, 0.05), (0, y0 / 2, -0.03), _METAL)
+    b.box((W * 0.35, 0.03, 0.25), (0, 0.015, 0), _METAL)
+
+
+#: category name -> builder; order defines the category index
+CATEGORIES: dict[str, Callable[[_Builder], None]] = {
+    "box": _c_box, "cylinder": _c_cylinder, "cone": _c_cone, "sphere": _c_sphere, "torus": _c_torus,
+    "ring": _c_ring, "pyramid": _c_pyramid, "chair": _c_chair, "table": _c_table, "stool": _c_stool,
+    "bench": _c_bench, "bed": _c_bed, "shelf": _c_shelf, "sofa": _c_sofa, "mug": _c_mug, "bowl": _c_bowl,
+    "bottle": _c_bottle, "lamp": _c_lamp, "car": _c_car, "airplane": _c_airplane, "tree": _c_tree,
+    "house": _c_house, "rocket": _c_rocket, "dumbbell": _c_dumbbell, "mushroom": _c_mushroom,
+    "snowman": _c_snowman, "monitor": _c_monitor,
+}  # fmt: skip
+
+
+def make_object(category: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """Build one random object: ``vertices [V, 3]``, ``faces [F, 3]``, per-face albedo ``[F, 3]`` and the
+    colour name. A random yaw about y is applied."""
+    if category not in CATEGORIES:
+        raise KeyError(f"unknown synthetic category {category!r}; choose from {list(CATEGORIES)}")
+    cname = _COLOUR_NAMES[int(rng.integers(len(_COLOUR_NAMES)))]
+    b = _Builder(rng, COLOURS[cname])
+    CATEGORIES[category](b)
+    v, f, col = b.mesh()
+    v = v @ _rot("y", float(rng.uniform(0, 2 * math.pi))).T
+    return v, f, col, cname
+
+
+def sample_object(
+    vertices: np.ndarray, faces: np.ndarray, face_colours: np.ndarray, n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Area-weighted surface samples: xyz ``[n, 3]``, unit face normals ``[n, 3]``, albedo ``[n, 3]``."""
+    a, b, c = vertices[faces[:, 0]], vertices[faces[:, 1]], vertices[faces[:, 2]]
+    cr = np.cross(b - a, c - a)
+    area2 = np.linalg.norm(cr, axis=1)
+    normals = cr / np.maximum(area2, 1e-12)[:, None]
+    cdf = np.cumsum(area2)
+    fi = np.searchsorted(cdf, rng.random(n) * cdf[-1], side="right").clip(max=len(faces) - 1)
+    u, w = rng.random(n), rng.random(n)
+    flip = u + w > 1
+    u[flip], w[flip] = 1 - u[flip], 1 - w[flip]
+    pts = a[fi] + u[:, None] * (b[fi] - a[fi]) + w[:, None] * (c[fi] - a[fi])
+    return pts, normals[fi], face_colours[fi]
+
+
+def render_points(
+    xyz: np.ndarray,
+    normals: np.ndarray,
+    albedo: np.ndarray,
+    *,
+    size: int,
+    azimuth: float,
+    elevation: float,
+    background: float = 1.0,
+    fill: float = 0.86,
+    splat: int = 2,
+    ambient: float = 0.3,
+) -> np.ndarray:
+    """Rasterise dense surface samples into a ``size x size`` RGB uint8 image ``[H, W, 3]``.
+
+    Orthographic camera on the view sphere (``azimuth`` about y, ``elevation`` above the horizon, radians)
+    looking at the object; the projection is fitted to ``fill`` of the image. Every sample covers a
+    ``splat x splat`` pixel footprint; a z-buffer keeps the nearest sample per pixel. Shading: two-sided
+    Lambert, ``ambient + (1 - ambient) * max(0, n . l)`` with a light above-left of the camera.
+    """
+    R = (_rot("x", elevation) @ _rot("y", azimuth)).astype(np.float32)
+    p = np.asarray(xyz, np.float32) @ R.T
+    lo, hi = p[:, :2].min(0), p[:, :2].max(0)
+    scale = fill * size / max(float((hi - lo).max()), 1e-9)
+    centre = (lo + hi) / 2
+    ui = np.floor((p[:, 0] - centre[0]) * scale + (size - splat) / 2).astype(np.int64)
+    vi = np.floor((centre[1] - p[:, 1]) * scale + (size - splat) / 2).astype(np.int64)
+    n_pts, offs = len(p), np.arange(splat)
+    U = (ui[None, None, :] + offs[:, None, None]).reshape(-1)  # [splat * splat * n]
+    V = np.broadcast_to(vi[None, None, :] + offs[None, :, None], (splat, splat, n_pts)).reshape(-1)
+    U = np.broadcast_to(U.reshape(splat, 1, n_pts), (splat, splat, n_pts)).reshape(-1)
+    Z = np.broadcast_to(p[:, 2], (splat, splat, n_pts)).reshape(-1)
+    P = np.broadcast_to(np.arange(n_pts), (splat, splat, n_pts)).reshape(-1)
+    ok = (U >= 0) & (U < size) & (V >= 0) & (V < size)
+    pix, Z, P = V[ok] * size + U[ok], Z[ok], P[ok]
+    zbuf = np.full(size * size, -np.inf, dtype=np.float32)
+    np.maximum.at(zbuf, pix, Z)  # z-buffer: nearest (largest z) per pixel
+    win = Z >= zbuf[pix]
+    pix, P = pix[win], P[win]  # equal-depth ties: any of them
+    n = np.asarray(normals, np.float32)[P] @ R.T
+    n = np.where(n[:, 2:3] < 0, -n, n)  # two-sided: face the camera (camera looks along -z)
+    light = np.array([-0.35, 0.6, 0.72], np.float32)
+    light /= np.linalg.norm(light)
+    shade = ambient + (1 - ambient) * np.clip(n @ light, 0, 1)
+    img = np.full((size * size, 3), background, dtype=np.float32)
+    img[pix] = np.clip(np.asarray(albedo, np.float32)[P] * shade[:, None], 0, 1)
+    img = img.reshape(size, size, 3)
+    # fill pin-holes: background pixels with >= 3 covered 4-neighbours take their mean colour
+    cov = np.zeros((size + 2, size + 2), dtype=np.float32)
+    covered = np.zeros(size * size, dtype=bool)
+    covered[pix] = True
+    cov[1:-1, 1:-1] = covered.reshape(size, size)
+    pad = np.zeros((size + 2, size + 2, 3), dtype=np.float32)
+    pad[1:-1, 1:-1] = img * cov[1:-1, 1:-1, None]
+    nb = cov[:-2, 1:-1] + cov[2:, 1:-1] + cov[1:-1, :-2] + cov[1:-1, 2:]
+    nsum = pad[:-2, 1:-1] + pad[2:, 1:-1] + pad[1:-1, :-2] + pad[1:-1, 2:]
+    zp = np.full((size + 2, size + 2), np.inf, dtype=np.float32)
+    zp[1:-1, 1:-1] = np.where(covered, zbuf, np.inf).reshape(size, size)
+    zn = np.minimum(np.minimum(zp[:-2, 1:-1], zp[2:, 1:-1]), np.minimum(zp[1:-1, :-2], zp[1:-1, 2:]))
+    see_through = (nb == 4) & (zn > zp[1:-1, 1:-1] + 0.1)  # a back face seen through a gap in the front
+    hole = ((~covered.reshape(size, size)) & (nb >= 3)) | see_through
+    img[hole] = nsum[hole] / nb[hole, None]
+    return (img * 255 + 0.5).astype(np.uint8)
+
+
+def _normalise(xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    centre = xyz.mean(0)
+    r = float(np.linalg.norm(xyz - centre, axis=1).max())
+    return (xyz - centre) / max(r, 1e-9), centre, max(r, 1e-9)
+
+
+def generate_sample(
+    category: str,
+    rng: np.random.Generator,
+    *,
+    num_points: int,
+    image_size: int,
+    render_density: float = 2.0,
+) -> dict[str, Any]:
+    """One triplet: ``points`` float32 ``[num_points, 6]`` (unit sphere xyz + albedo rgb), ``image`` uint8
+    ``[image_size, image_size, 3]``, ``colour`` name."""
+    v, f, fc, cname = make_object(category, rng)
+    n_render = int(render_density * image_size * image_size)
+    xyz, nrm, alb = sample_object(v, f, fc, num_points + n_render, rng)
+    xyz_n, centre, r = _normalise(xyz[:num_points])
+    pts = np.concatenate([xyz_n, alb[:num_points]], 1).astype(np.float32)
+    az, el = float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(math.radians(10), math.radians(40)))
+    img = render_points((xyz[num_points:] - centre) / r, nrm[num_points:], alb[num_points:],
+                        size=image_size, azimuth=az, elevation=el)  # fmt: skip
+    return {"points": pts, "image": img, "colour": cname}
+
+
+def generate_split(
+    categories: Sequence[str],
+    per_class: int,
+    *,
+    split_id: int,
+    seed: int,
+    num_points: int,
+    image_size: int,
+    desc: str = "synthetic3d",
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """Generate ``per_class`` objects of each category. Returns arrays ``points [S, P, 6]`` float32,
+    ``images [S, H, W, 3]`` uint8, ``labels [S]`` (index into ``categories``), ``category [S]`` (index into
+    :data:`CATEGORIES`), ``colour [S]`` (index into :data:`COLOURS`)."""
+    from tqdm.auto import tqdm
+
+    all_names = list(CATEGORIES)
+    S = len(categories) * per_class
+    points = np.empty((S, num_points, 6), np.float32)
+    images = np.empty((S, image_size, image_size, 3), np.uint8)
+    labels = np.empty(S, np.int64)
+    cat = np.empty(S, np.int64)
+    colour = np.empty(S, np.int64)
+    jobs = [(li, name, k) for li, name in enumerate(categories) for k in range(per_class)]
+    for s, (li, name, k) in enumerate(tqdm(jobs, desc=desc, disable=not progress, leave=False)):
+        ci = all_names.index(name)
+        rng = np.random.default_rng([seed, split_id, ci, k])
+        out = generate_sample(name, rng, num_points=num_points, image_size=image_size)
+        points[s], images[s] = out["points"], out["image"]
+        labels[s], cat[s], colour[s] = li, ci, _COLOUR_NAMES.index(out["colour"])
+    return {"points": points, "images": images, "labels": labels, "category": cat, "colour": colour}
+
+
+# ----------------------------------------------------------------------------------------------------
+# dataset + DataModule
+# ----------------------------------------------------------------------------------------------------
+class Synthetic3DDataset(Dataset):
+    """One cached split. Items follow the batch convention: ``points [N, 6]``, ``image [3, H, W]`` float in
+    [0, 1], ``text`` (a random caption template when ``augment``, else template 0), ``label`` (index into
+    ``class_names``)."""
+
+    def __init__(
+        self,
+        arrays: dict[str, np.ndarray],
+        class_names: Sequence[str],
+        *,
+        augment: bool = False,
+        transform: Callable | None = None,
+    ) -> None:
+        self.points = arrays["points"]
+        self.images = arrays["images"]
+        self.labels = arrays["labels"]
+        self.colour = arrays["colour"]
+        self.class_names = list(class_names)
+        self.augment = augment
+        self.transform = transform or PointCloudTransform(num_points=None, normalize=True, augment=augment)
+        self.generator: torch.Generator | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def caption(self, i: int, template: int = 0) -> str:
+        return make_caption(
+            _COLOUR_NAMES[int(self.colour[i])], self.class_names[int(self.labels[i])], template
+        )
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        pts = self.transform(torch.from_numpy(self.points[i]), generator=self.generator)
+        img = torch.from_numpy(self.images[i]).permute(2, 0, 1).float().div_(255.0)
+        t = int(torch.randint(len(CAPTION_TEMPLATES), (1,), generator=self.generator)) if self.augment else 0
+        return {
+            "points": pts,
+            "image": img,
+            "text": self.caption(i, t),
+            "label": torch.tensor(int(self.labels[i])),
+        }
+
+
+class Synthetic3DDataModule(PointCloudDataModuleBase):
+    """Embedded SVL default: procedural 3D triplets (no download).
+
+    * ``train``: ``train_per_class`` objects of each pretraining category (all of ``categories`` except
+      ``heldout_categories``), augmented;
+    * ``val_objects``: ``val_per_class`` new objects of the pretraining categories (labels index
+      ``train_class_names``);
+    * ``val_categories``: ``val_per_class`` objects of the held-out categories (labels index
+      ``heldout_class_names``; zero-shot among the held-out names).
+
+    ``val_dataloader()`` returns ``[val_objects, val_categories]`` (``val_sets`` names them, in that order);
+    ``test_dataloader()`` the same. ``class_names`` is the first set's list. Data are generated on first use
+    (``prepare_data`` / ``setup``) and cached under ``cache_dir`` (default
+    ``~/.cache/spikelight/synthetic3d/<hash>``).
+    """
+
+    def __init__(
+        self,
+        *,
+        num_points: int = 1024,
+        image_size: int = 64,
+        train_per_class: int = 64,
+        val_per_class: int = 16,
+        heldout_categories: Sequence[str] = DEFAULT_HELDOUT,
+        categories: Sequence[str] | None = None,
+        seed: int = 0,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        cache_dir: str | Path | None = None,
+        augment: bool = True,
+        progress: bool = True,
+        prompt_templates: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            prompt_templates=prompt_templates,
+        )
+        self.save_hyperparameters(logger=False)
+        cats = list(categories) if categories is not None else list(CATEGORIES)
+        unknown = [c for c in [*cats, *heldout_categories] if c not in CATEGORIES]
+        if unknown:
+            raise ValueError(f"unknown synthetic categories {unknown}; available: {list(CATEGORIES)}")
+        missing = [c for c in heldout_categories if c not in cats]
+        if missing:
+            raise ValueError(f"held-out categories {missing} are not in categories")
+        self.categories = cats
+        self.heldout_class_names = [c for c in cats if c in set(heldout_categories)]
+        self.train_class_names = [c for c in cats if c not in set(heldout_categories)]
+        if not self.train_class_names:
+            raise ValueError("every category is held out: nothing to train on")
+        self.num_points, self.image_size = num_points, image_size
+        self.train_per_class, self.val_per_class, self.seed = train_per_class, val_per_class, seed
+        self.augment, self.progress = augment, progress
+        self.params = {
+            "version": GENERATOR_VERSION, "num_points": num_points, "image_size": image_size,
+            "train_per_class": train_per_class, "val_per_class": val_per_class, "seed": seed,
+            "train": self.train_class_names, "heldout": self.heldout_class_names,
+        }  # fmt: skip
+        digest = hashlib.sha1(json.dumps(self.params, sort_keys=True).encode()).hexdigest()[:16]
+        base = (
+            Path(cache_dir).expanduser()
+            if cache_dir is not None
+            else Path.home() / ".cache" / "spikelight" / "synthetic3d"
+        )
+        self.cache_path = base / digest
+        self._arrays: dict[str, dict[str, np.ndarray]] | None = None
+
+    # -- generation + cache
+    _SPLITS = ("train", "val_objects", "val_categories")
+
+    def _split_spec(self, name: str) -> tuple[list[str], int, int]:
+        return {
+            "train": (self.train_class_names, self.train_per_class, 0),
+            "val_objects": (self.train_class_names, self.val_per_class, 1),
+            "val_categories": (self.heldout_class_names, self.val_per_class, 2),
+        }[name]
+
+    def is_cached(self) -> bool:
+        return all((self.cache_path / f"{s}.npz").is_file() for s in self._SPLITS)
+
+    def prepare_data(self) -> None:
+        """Generate and cache the three splits unless the cache exists (atomic: a temp dir is renamed)."""
+        if self.is_cached():
+            return
+        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.cache_path.parent))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is an ordinary folder
+        try:
+            for s in self._SPLITS:
+                cats, per_class, sid = self._split_spec(s)
+                arrs = generate_split(
+                    cats, per_class, split_id=sid, seed=self.seed, num_points=self.num_points,
+                    image_size=self.image_size, desc=f"synthetic3d {s}", progress=self.progress,
+                )  # fmt: skip
+                np.savez(tmp / f"{s}.npz", **arrs)
+            (tmp / "meta.json").write_text(
+                json.dumps({**self.params, "categories": list(CATEGORIES)}, indent=1)
+            )
+            try:
+                os.replace(tmp, self.cache_path)
+            except OSError:  # another process won the race (target exists and is not empty)
+                if not self.is_cached():
+                    shutil.rmtree(self.cache_path, ignore_errors=True)
+                    os.replace(tmp, self.cache_path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def load_arrays(self) -> dict[str, dict[str, np.ndarray]]:
+        if self._arrays is None:
+            self.prepare_data()
+            out = {}
+            for s in self._SPLITS:
+                f = self.cache_path / f"{s}.npz"
+                try:
+                    with np.load(f) as z:
+                        out[s] = {k: z[k] for k in z.files}
+                except (OSError, ValueError, EOFError) as e:
+                    raise ValueError(f"{f}: corrupt synthetic3d cache ({e}); delete {self.cache_path}") from e
+            self._arrays = out
+        return self._arrays
+
+    def setup(self, stage: str | None = None) -> None:
+        arrs = self.load_arrays()
+        if self._train is None:
+            self._train = Synthetic3DDataset(arrs["train"], self.train_class_names, augment=self.augment)
+        if not self._val:
+            self._val = [
+                ("val_objects", Synthetic3DDataset(arrs["val_objects"], self.train_class_names)),
+                ("val_categories", Synthetic3DDataset(arrs["val_categories"], self.heldout_class_names)),
+            ]
+
+    @property
+    def val_sets(self) -> list[dict[str, Any]]:  # known without generating the data
+        return [
+            {"name": "val_objects", "class_names": list(self.train_class_names)},
+            {"name": "val_categories", "class_names": list(self.heldout_class_names)},
+        ]
+
+    @property
+    def prompt_templates(self) -> list[str]:
+        return self._prompt_templates or list(PROMPT_TEMPLATES)
