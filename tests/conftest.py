@@ -27,6 +27,18 @@ def _wandb_tmp(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests with one torch thread: tiny ops are much faster without thread hand-offs,
+    especially on a loaded 2-core machine. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def repo_root() -> Path:
     return REPO_ROOT

@@ -22,12 +22,7 @@ REFERENCE_PARAMS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_points(B: int = 2, N: int = 512, F: int = 6, seed: int = 0) -> torch.Tensor:

@@ -23,14 +23,7 @@ from spikelight.nn.sparse_conv import (
     weight_to_spconv,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: thread start-up costs more than the work (and the CI box is shared)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_sites(B: int, shape: tuple[int, int, int], m: int, seed: int) -> torch.Tensor:
