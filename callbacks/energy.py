@@ -31,6 +31,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
+
 from spikelight.nn.energy import E_AC_PJ, E_MAC_PJ, EnergyMeter, EnergyReport, infer_batch_size
 
 __all__ = ["SpikeEnergy"]

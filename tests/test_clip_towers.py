@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from spikelight.models.clip_towers import (
     TINY_CLIP_CONFIG,
     TINY_CLIP_NAME,
@@ -17,7 +19,6 @@ from spikelight.models.clip_towers import (
     cached_features,
     register_tiny_clip,
 )
-from torch import nn
 
 open_clip = pytest.importorskip("open_clip")
 

@@ -32,9 +32,10 @@ import math
 import pytest
 import torch
 from einops import rearrange
+from torch import nn
+
 from spikelight.nn.energy import EnergyMeter, format_report, measure_energy
 from spikelight.nn.neurons import ILIF, BinarySpike, spike_driven_forward
-from torch import nn
 
 PJ = 1e-9  # mJ per pJ
 
@@ -307,8 +308,9 @@ def test_cross_check_spikingjelly():
 def test_spike_energy_callback(tmp_path):
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
-    from spikelight.callbacks.energy import SpikeEnergy
     from torch.utils.data import DataLoader, TensorDataset
+
+    from spikelight.callbacks.energy import SpikeEnergy
 
     class TinyLit(L.LightningModule):
         def __init__(self):

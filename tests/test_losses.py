@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
 from spikelight.losses import MTALoss
 
 C, D_IMG, D_TXT = 8, 12, 10

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
+
 from spikelight.callbacks import memory as mm
 from spikelight.callbacks.memory import (
     MB,
@@ -32,7 +34,6 @@ from spikelight.callbacks.memory import (
     batch_size_of,
     measure_step_memory,
 )
-from torch import nn
 
 B, D, L = 64, 16, 3
 F = B * D * 4  # one activation [B, d] float32

@@ -78,11 +78,12 @@ from fnmatch import fnmatch
 from typing import Any
 
 import torch
-from spikelight.nn.neurons import SpikingNeuron
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.weak import WeakTensorKeyDictionary
+
+from spikelight.nn.neurons import SpikingNeuron
 
 __all__ = [
     "E_AC_PJ",
