@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 # torch/torchvision pins that install from the local wheel cache on the dev machines;
 # override on other machines, e.g. `make TORCH_SPEC="torch torchvision" test`.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-DEMO_CONFIG ?= experiments/toy.yaml
+DEMO_CONFIG ?= experiments/svl/synthetic.yaml
 PYTEST_ARGS ?=
 
 .PHONY: venv install install-dev demo test test-fast bench lint clean
@@ -31,8 +31,9 @@ venv: $(VENV)/bin/python
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# SVL end to end on the embedded synthetic triplets: pretrain, zero-shot, Rep-VLI export, energy report
 demo: install
-	WANDB_MODE=$${WANDB_MODE:-offline} $(VENV)/bin/spikelight fit --config $(DEMO_CONFIG)
+	VENV=$(VENV) DEMO_CONFIG=$(DEMO_CONFIG) bash scripts/demo.sh
 
 test: install-dev
 	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m pytest -q $(PYTEST_ARGS)
