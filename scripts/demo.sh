@@ -7,7 +7,8 @@
 #   4. print a summary (zero-shot top-1, deploy vs full parameters, W&B offline run, plots).
 # Usage: scripts/demo.sh [extra config options for fit/export/energy, e.g. --trainer.max_epochs 2]
 # Environment: VENV (default .venv), DEMO_CONFIG (default experiments/svl/synthetic.yaml),
-#              WANDB_MODE (default offline), DEMO_KEEP_RUN=1 keeps an existing run folder.
+#              WANDB_MODE (default offline), OMP_NUM_THREADS (default 1),
+#              DEMO_KEEP_RUN=1 keeps an existing run folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,9 @@ export WANDB_MODE=${WANDB_MODE:-offline}
 export WANDB_SILENT=true
 export MPLBACKEND=Agg
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# One intra-op thread: the small per-step kernels gain little from a second thread on an idle machine,
+# and on a busy one (CI runners, shared boxes) two spinning OpenMP threads are up to 10x slower.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 
 for tool in "$PY" "$SPIKELIGHT"; do
     [ -x "$tool" ] || { echo "demo: $tool not found; run 'make install' first" >&2; exit 1; }

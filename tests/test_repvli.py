@@ -172,3 +172,36 @@ def test_load_deploy_errors(tmp_path, trained):
     (bad / "config.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(ValueError, match="format"):
         load_deploy(bad)
+
+
+def test_cli_fit_then_export_with_class_list(tmp_path, monkeypatch):
+    """`spikelight fit` (shrunk by the config's smoke overrides) then `spikelight export --classes ...`."""
+    from pathlib import Path
+
+    import yaml
+
+    from spikelight.cli import SpikelightCLI
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.chdir(tmp_path)
+    config = Path(__file__).resolve().parents[1] / "experiments" / "svl" / "synthetic.yaml"
+    smoke = yaml.safe_load(config.read_text())["smoke"]["overrides"]
+    shrink = []
+    for k, v in smoke.items():
+        shrink += [f"--{k}", v if isinstance(v, str) else json.dumps(v)]
+    base = ["--config", str(config), *shrink, "--run_root", str(tmp_path / "runs"),
+            "--data.init_args.cache_dir", str(tmp_path / "syn3d"), "--data.init_args.progress", "false"]  # fmt: skip
+    SpikelightCLI(args=["fit", *base, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",
+                        "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu"])  # fmt: skip
+    run = tmp_path / "runs" / "svl_synthetic"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    out = tmp_path / "deploy"
+    SpikelightCLI(
+        args=["export", *base, "--ckpt_path", "last", "--classes", "mug, sofa,airplane", "--out", str(out)]
+    )
+    deploy = load_deploy(out)
+    assert deploy.class_names == ["mug", "sofa", "airplane"]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["teacher"]["text_model"] == "minilm" and cfg["encoder"]["name"] == "spike_pointnet_test"
+    idx, names = deploy.predict(torch.rand(3, 128, 6) * 2 - 1)
+    assert idx.shape == (3,) and set(names) <= {"mug", "sofa", "airplane"}

@@ -195,7 +195,7 @@ class SVLPretrain(SpikelightTask):
         self._caption_feats: dict[str, Tensor] = {}
         self._class_feats: dict[tuple, Tensor] = {}
         self._zs: dict[str, Any] = {}
-        self._last_confusion: Optional[tuple[str, list[str], Tensor]] = None
+        self._last_confusion: Optional[tuple[str, list[str], Tensor, int]] = None
 
     # ================================================================== frozen towers
     @property
@@ -463,7 +463,7 @@ class SVLPretrain(SpikelightTask):
             if head["confmat"] is not None:
                 cm = head["confmat"].compute().cpu()
                 head["confmat"].reset()
-                self._last_confusion = (head["name"], head["class_names"], cm)
+                self._last_confusion = (head["name"], head["class_names"], cm, int(self.current_epoch))
         if trainer is not None and not trainer.sanity_checking and trainer.is_global_zero and summary:
             run_dir = Path(trainer.default_root_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -508,9 +508,9 @@ class SVLPretrain(SpikelightTask):
         trainer = self._trainer
         if trainer is None or not trainer.is_global_zero or self._last_confusion is None:
             return
-        name, names, cm = self._last_confusion
+        name, names, cm, epoch = self._last_confusion
         path = Path(trainer.default_root_dir) / f"confusion_{name}.png"
-        save_confusion_png(cm, names, path, title=f"zero-shot confusion: {name} (epoch {self.current_epoch})")
+        save_confusion_png(cm, names, path, title=f"zero-shot confusion: {name} (epoch {epoch})")
         rank_zero_info(f"SVLPretrain: wrote {path}")
         for logger in trainer.loggers:
             log_image = getattr(logger, "log_image", None)
