@@ -36,7 +36,7 @@ demo: install
 	VENV=$(VENV) DEMO_CONFIG=$(DEMO_CONFIG) bash scripts/demo.sh
 
 test: install-dev
-	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m pytest -q $(PYTEST_ARGS)
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 test-fast: install-dev
 	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
