@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
+from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
+from lightning.pytorch.loggers import TensorBoardLogger as _LightningTBLogger
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 
 
@@ -61,3 +63,21 @@ class WandbLogger(_LightningWandbLogger):
         )
         # Lightning passes anonymous=None, which recent wandb versions warn about
         self._wandb_init.pop("anonymous", None)
+
+
+class CSVLogger(_LightningCSVLogger):
+    """Lightning's CSV logger with a default ``save_dir`` (the CLI sets it to the run directory), so
+    ``--trainer.logger spikelight.loggers.CSVLogger`` works without more options. Metrics land in
+    ``<run_dir>/logs/version_<n>/metrics.csv``."""
+
+    def __init__(self, *, save_dir: str = ".", name: str = "logs", version: Optional[int | str] = None,
+                 **kwargs: Any) -> None:
+        super().__init__(save_dir=save_dir, name=name, version=version, **kwargs)
+
+
+class TensorBoardLogger(_LightningTBLogger):
+    """Lightning's TensorBoard logger with a default ``save_dir`` (the CLI sets it to the run directory)."""
+
+    def __init__(self, *, save_dir: str = ".", name: str = "logs", version: Optional[int | str] = None,
+                 **kwargs: Any) -> None:
+        super().__init__(save_dir=save_dir, name=name, version=version, **kwargs)

@@ -55,6 +55,20 @@ def test_fit_with_wandb_offline_records_metrics_and_config(repo_root, tmp_path, 
     assert b"spikelight.tasks.toy.ToyClassifier" in data
 
 
+@pytest.mark.parametrize("logger", ["CSVLogger", "TensorBoardLogger"])
+def test_csv_or_tensorboard_logger_instead_of_wandb(repo_root, tmp_path, monkeypatch, logger):
+    monkeypatch.chdir(tmp_path)
+    c = _cli(["--config", str(repo_root / TOY), *SMALL, "--run_root", str(tmp_path / "runs"), "--name", "l",
+              "--trainer.logger", f"spikelight.loggers.{logger}", "--trainer.max_epochs", "1"])
+    c.trainer.fit(c.model, datamodule=c.datamodule)
+    logs = tmp_path / "runs" / "l" / "logs"
+    if logger == "CSVLogger":
+        metrics = next(logs.rglob("metrics.csv")).read_text()
+        assert "val/top1" in metrics and "energy/mj_per_sample" in metrics
+    else:
+        assert any(logs.rglob("events.out.tfevents.*"))
+
+
 class _RecordStart(Callback):
     def __init__(self) -> None:
         self.start = None
