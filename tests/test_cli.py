@@ -181,6 +181,16 @@ def test_wrong_type_fails_naming_the_key(repo_root, cli):
     assert "batch_size" in proc.stderr
 
 
+def test_missing_data_path_fails_naming_the_path(repo_root, tmp_path, cli):
+    missing = tmp_path / "no_imagenet_here"
+    proc = cli(["fit", "--config", "experiments/trevsnn/imagenet_tiny.yaml", "--data.init_args.data_dir", str(missing),
+                "--model.init_args.variant", "test", "--run_root", str(tmp_path / "runs")],
+               cwd=repo_root, env={"WANDB_MODE": "disabled"})
+    assert proc.returncode != 0
+    assert str(missing) in proc.stderr
+    assert "spikelight: error: FileNotFoundError" in proc.stderr
+
+
 def test_missing_checkpoint_file_is_named(repo_root, tmp_path, cli):
     proc = cli(["energy", "--config", TOY, "--ckpt_path", str(tmp_path / "nope.ckpt"),
                 "--run_root", str(tmp_path / "runs")], cwd=repo_root)
