@@ -516,3 +516,33 @@ def test_cuda_matches_cpu():  # pragma: no cover - needs a GPU
         assert torch.equal(y_gpu.indices.cpu(), y_cpu.indices)
         torch.testing.assert_close(y_gpu.features.cpu(), y_cpu.features, atol=1e-4, rtol=1e-4)
         conv.cpu()
+
+
+@pytest.mark.parametrize("kind", ["subm3", "strided2", "pointwise"])
+def test_matches_real_spconv_cpu_forward(kind):
+    """Our torch sparse conv equals spconv 2.x's own CPU forward (same weights, same sites).
+
+    spconv's CPU build can run forward only (its backward needs CUDA); skipped where spconv is absent.
+    """
+    sp = pytest.importorskip("spconv.pytorch")
+    g = torch.Generator().manual_seed(3)
+    shape, batch, c_in, c_out = (8, 8, 8), 2, 4, 5
+    keys = torch.randperm(batch * 8 * 8 * 8, generator=g)[:150]
+    idx = torch.stack([keys // 512, (keys // 64) % 8, (keys // 8) % 8, keys % 8], dim=1)
+    feats = torch.randn(len(idx), c_in, generator=g)
+    if kind == "subm3":
+        ref, ours = sp.SubMConv3d(c_in, c_out, 3, bias=False), SubMConv3d(c_in, c_out, 3, backend="torch")
+    elif kind == "strided2":
+        ref = sp.SparseConv3d(c_in, c_out, 2, stride=2, bias=False)
+        ours = SparseConv3d(c_in, c_out, 2, stride=2, backend="torch")
+    else:
+        ref, ours = sp.SubMConv3d(c_in, c_out, 1, bias=False), SubMConv3d(c_in, c_out, 1, backend="torch")
+    with torch.no_grad():
+        ours.weight.copy_(weight_from_spconv(ref.weight.detach()))
+        y_ref = ref(sp.SparseConvTensor(feats, idx.int(), list(shape), batch))
+        y = ours(SparseTensor(feats, idx, shape, batch))
+    dense_ref = y_ref.dense()  # [B, C, D, H, W]
+    dense = y.dense()
+    assert dense.shape == dense_ref.shape
+    torch.testing.assert_close(dense, dense_ref, rtol=1e-4, atol=1e-5)
+    assert len(y.features) == y_ref.features.shape[0]  # same set of output sites
