@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import sys
 import time
 from datetime import datetime, timezone
@@ -36,29 +34,15 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info  # noqa: E402
+
 from spikelight.callbacks.memory import MB, measure_step_memory
 from spikelight.models.trevsnn import TRevSNN, trevsnn_loss
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def machine_info(device: torch.device) -> dict:
-    info = {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-    }
-    try:
-        info["load_avg_1m"] = os.getloadavg()[0]
-    except OSError:
-        pass
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def one_step(model: TRevSNN, x: torch.Tensor, y: torch.Tensor) -> float:

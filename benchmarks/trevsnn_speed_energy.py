@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -46,6 +44,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info  # noqa: E402
+from _common import sync as _sync  # noqa: E402
 
 from spikelight.models.trevsnn import TRevSNN, trevsnn_loss
 from spikelight.nn.energy import measure_energy
@@ -55,28 +57,8 @@ SHARED_IMAGENET = Path(__file__).resolve().parents[2] / "shared" / "data" / "ima
 PAPER = {"small_energy_mj": 2.8, "sdt_energy_mj": 4.50, "small_top1": 73.2, "tiny_top1": 69.8}
 
 
-def machine_info(device: torch.device) -> dict:
-    info = {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-    }
-    try:
-        info["load_avg_1m"] = os.getloadavg()[0]
-    except OSError:
-        pass
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # --------------------------------------------------------------------------------- speed
