@@ -41,7 +41,9 @@ Formats read here (each reader raises ``ValueError("<file>: <problem>")`` on cor
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -253,6 +255,33 @@ def read_modelnet_txt(path: str | Path) -> np.ndarray:
     if arr.shape[1] < 3:
         raise _bad(p, f"expected at least 3 columns (x,y,z), found {arr.shape[1]}")
     _check_finite(arr, p)
+    return arr
+
+
+def read_modelnet_txt_cached(path: str | Path, cache_dir: str | Path | None = None) -> np.ndarray:
+    """:func:`read_modelnet_txt` with a binary cache: the first read parses the text file and stores the
+    array as ``<cache_dir>/<stem>-<key>.npy`` (key = hash of the absolute path, size and mtime, so an edited
+    file is parsed again); later reads load the ``.npy`` (~100x faster than parsing 10k text lines).
+    ``cache_dir=None`` parses every time. A damaged cache file is ignored and rewritten.
+    """
+    p = Path(path)
+    if cache_dir is None:
+        return read_modelnet_txt(p)
+    st = p.stat()
+    key = hashlib.sha1(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    cached = Path(cache_dir).expanduser() / f"{p.stem}-{key}.npy"
+    if cached.is_file():
+        try:
+            arr = np.load(cached, allow_pickle=False)
+            if arr.ndim == 2 and arr.shape[1] >= 3 and np.isfinite(arr).all():
+                return arr
+        except (OSError, ValueError):
+            pass
+    arr = read_modelnet_txt(p)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_name(f"{cached.stem}.tmp{os.getpid()}.npy")
+    np.save(tmp, arr)
+    os.replace(tmp, cached)  # atomic: concurrent workers never see a half-written file
     return arr
 
 
@@ -850,9 +879,11 @@ class ModelNet40Dataset(PointCloudDataset):
         preload: bool = False,
         skip_bad: bool = False,
         memoize: bool | None = None,
+        cache_dir: str | Path | None = None,
     ) -> None:
         if memoize is None:
             memoize = transform is None and not augment and sampling != "random"
+        self.cache_dir = cache_dir
         super().__init__(
             memoize=memoize if format == "txt" else False,
             transform=transform
@@ -938,7 +969,7 @@ class ModelNet40Dataset(PointCloudDataset):
         if self._cache is not None and i in self._cache:
             pts = self._cache[i]
         else:
-            pts = read_modelnet_txt(f)[:, :3]
+            pts = read_modelnet_txt_cached(f, self.cache_dir)[:, :3]
         return {"points": pts, "label": label, "name": self.class_names[label]}
 
     def validate(self) -> int:
@@ -952,7 +983,7 @@ class ModelNet40Dataset(PointCloudDataset):
             self.items, desc=f"ModelNet40 {self.split}", leave=False, disable=len(self.items) < 200
         ):
             try:
-                pts = read_modelnet_txt(f)[:, :3]
+                pts = read_modelnet_txt_cached(f, self.cache_dir)[:, :3]
             except ValueError:
                 if not self.skip_bad:
                     raise
@@ -1492,7 +1523,8 @@ class ModelNet40DataModule(PointCloudDataModuleBase):
     ``labels_file`` (ULIP ``labels.json``, key ``labels_key``) overrides the class names taken from the
     shape-names file; ``templates_file`` (ULIP ``templates.json``, key ``templates_key``) overrides
     :data:`PROMPT_TEMPLATES`. ``class_names`` / ``val_sets`` read the names file lazily, so building the
-    module does not need the data.
+    module does not need the data. ``cache_dir`` (e.g. ``~/.cache/spikelight/modelnet40``) stores each parsed
+    text file as ``.npy`` on first read, so later epochs and runs are not parse-bound (txt format only).
     """
 
     def __init__(
@@ -1506,6 +1538,7 @@ class ModelNet40DataModule(PointCloudDataModuleBase):
         augment: bool = True,
         preload: bool = False,
         skip_bad: bool = False,
+        cache_dir: str | None = None,
         batch_size: int = 32,
         num_workers: int = 0,
         pin_memory: bool = False,
@@ -1523,6 +1556,7 @@ class ModelNet40DataModule(PointCloudDataModuleBase):
         self.data_dir, self.format, self.num_points, self.sampling = data_dir, format, num_points, sampling
         self.with_train, self.augment, self.preload, self.skip_bad = with_train, augment, preload, skip_bad
         self.labels_file, self.labels_key = labels_file, labels_key
+        self.cache_dir = cache_dir
 
     def _apply_labels(self, ds: ModelNet40Dataset) -> None:
         if self.labels_file is not None:
@@ -1538,7 +1572,7 @@ class ModelNet40DataModule(PointCloudDataModuleBase):
             ds = ModelNet40Dataset(
                 root=self.data_dir, split="test", format=self.format, num_points=self.num_points,
                 sampling=self.sampling, caption_templates=self.prompt_templates, preload=self.preload,
-                skip_bad=self.skip_bad,
+                skip_bad=self.skip_bad, cache_dir=self.cache_dir,
             )  # fmt: skip
             self._apply_labels(ds)
             self._val = [("modelnet40", ds)]
@@ -1547,6 +1581,7 @@ class ModelNet40DataModule(PointCloudDataModuleBase):
                 root=self.data_dir, split="train", format=self.format, num_points=self.num_points,
                 sampling="random" if self.augment else self.sampling, augment=self.augment,
                 caption_templates=self.prompt_templates, preload=self.preload, skip_bad=self.skip_bad,
+                cache_dir=self.cache_dir,
             )  # fmt: skip
             self._apply_labels(ds)
             self._train = ds

@@ -708,6 +708,17 @@ def test_real_modelnet40_shapes_and_labels():
 
 
 @pytest.mark.data
+def test_real_modelnet40_with_npy_cache_gives_identical_samples(tmp_path):
+    root = _need(DATA / "modelnet40" / "modelnet40_normal_resampled")
+    plain = ModelNet40Dataset(root=root.parent, split="test", num_points=256, sampling="first")
+    cached = ModelNet40Dataset(root=root.parent, split="test", num_points=256, sampling="first",
+                               cache_dir=tmp_path / "npy")
+    for i in range(len(plain)):
+        torch.testing.assert_close(cached[i]["points"], plain[i]["points"])
+    assert len(list((tmp_path / "npy").glob("*.npy"))) == len(plain) == 4
+
+
+@pytest.mark.data
 def test_real_ply_files():
     owl = read_ply(_need(DATA / "pointclouds" / "openshape" / "owl.ply"))
     assert owl["xyz"].shape == (10000, 3) and owl["rgb"].shape == (10000, 3)
@@ -754,3 +765,34 @@ def test_real_ulip_metadata():
     assert len(tax) == 55 and tax["02691156"] == "airplane"
     synsets = {ln.split("-")[0] for ln in (d / "ShapeNet-55_test.txt").read_text().split()}
     assert synsets == set(tax)
+
+
+def test_modelnet_txt_npy_cache_reuses_invalidates_and_repairs(tmp_path, monkeypatch):
+    import spikelight.datamodules.pointcloud as pc
+
+    f = tmp_path / "chair_0001.txt"
+    pts = np.arange(30, dtype=np.float32).reshape(5, 6) / 10
+    f.write_text("\n".join(",".join(f"{v:.6f}" for v in row) for row in pts) + "\n")
+    cache = tmp_path / "cache"
+    first = pc.read_modelnet_txt_cached(f, cache)
+    np.testing.assert_allclose(first, pts, atol=1e-6)
+    assert len(list(cache.glob("chair_0001-*.npy"))) == 1
+
+    calls = []
+    real = pc.read_modelnet_txt
+    monkeypatch.setattr(pc, "read_modelnet_txt", lambda p: calls.append(p) or real(p))
+    np.testing.assert_array_equal(pc.read_modelnet_txt_cached(f, cache), first)
+    assert calls == []  # served from the .npy, no parsing
+
+    # an edited file gets a new key and is parsed again
+    f.write_text("\n".join(",".join(f"{v + 1:.6f}" for v in row) for row in pts) + "\n")
+    np.testing.assert_allclose(pc.read_modelnet_txt_cached(f, cache), pts + 1, atol=1e-6)
+    assert len(calls) == 1
+
+    # a damaged cache file is ignored and rewritten
+    for c in cache.glob("*.npy"):
+        c.write_bytes(b"garbage")
+    np.testing.assert_allclose(pc.read_modelnet_txt_cached(f, cache), pts + 1, atol=1e-6)
+    assert len(calls) == 2
+    np.testing.assert_allclose(pc.read_modelnet_txt_cached(f, cache), pts + 1, atol=1e-6)
+    assert len(calls) == 2
