@@ -846,6 +846,15 @@ def _eval_transform(num_points: int | None, sampling: str) -> PointCloudTransfor
     return PointCloudTransform(num_points=num_points, sampling=sampling, augment=False)
 
 
+def _pick_transform(
+    transform: Callable[..., Tensor] | None, num_points: int | None, sampling: str, augment: bool
+) -> Callable[..., Tensor]:
+    """The given transform, else the SVL training recipe (``augment``) or the evaluation transform."""
+    if transform is not None:
+        return transform
+    return _train_transform(num_points, sampling, augment) if augment else _eval_transform(num_points, sampling)
+
+
 def _train_transform(num_points: int | None, sampling: str, augment: bool) -> PointCloudTransform:
     return PointCloudTransform(num_points=num_points, sampling=sampling, augment=augment)
 
@@ -886,13 +895,7 @@ class ModelNet40Dataset(PointCloudDataset):
         self.cache_dir = cache_dir
         super().__init__(
             memoize=memoize if format == "txt" else False,
-            transform=transform
-            if transform is not None
-            else (
-                _train_transform(num_points, sampling, augment)
-                if augment
-                else _eval_transform(num_points, sampling)
-            ),
+            transform=_pick_transform(transform, num_points, sampling, augment),
             caption_templates=caption_templates,
             random_caption=augment,
             skip_bad=skip_bad,
@@ -1110,12 +1113,7 @@ class ScanObjectNNDataset(H5PointCloudDataset):
                 raise FileNotFoundError(
                     f"{cands[0]}: ScanObjectNN file not found (also looked for {cands[1]}, {cands[2]})"
                 )
-        if transform is None:
-            transform = (
-                _train_transform(num_points, sampling, augment)
-                if augment
-                else _eval_transform(num_points, sampling)
-            )
+        transform = _pick_transform(transform, num_points, sampling, augment)
         super().__init__(
             files=[file],
             class_names=list(class_names) if class_names else list(SCANOBJECTNN_CLASSES),
@@ -1164,12 +1162,7 @@ class ShapeNet55TripletDataset(PointCloudDataset):
         caption_templates: Sequence[str] | None = None,
         skip_bad: bool = False,
     ) -> None:
-        if transform is None:
-            transform = (
-                _train_transform(num_points, sampling, augment)
-                if augment
-                else _eval_transform(num_points, sampling)
-            )
+        transform = _pick_transform(transform, num_points, sampling, augment)
         super().__init__(
             transform=transform,
             caption_templates=caption_templates,
@@ -1322,12 +1315,7 @@ class OpenShapeTripletDataset(PointCloudDataset):
         caption_templates: Sequence[str] | None = None,
         skip_bad: bool = False,
     ) -> None:
-        if transform is None:
-            transform = (
-                _train_transform(num_points, sampling, augment)
-                if augment
-                else _eval_transform(num_points, sampling)
-            )
+        transform = _pick_transform(transform, num_points, sampling, augment)
         super().__init__(
             transform=transform,
             caption_templates=caption_templates,
