@@ -63,7 +63,7 @@ def load_weights(model: torch.nn.Module, ckpt_path: str, *, weights_only: Option
                  strict: bool = True) -> dict:
     """Load a Lightning checkpoint's ``state_dict`` into ``model`` (``weights_only`` honoured)."""
     try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True if weights_only is None else weights_only)
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=weights_only is not False)
     except Exception as e:  # noqa: BLE001 - re-raised with the file name
         raise ValueError(f"cannot read checkpoint {ckpt_path}: {e}") from e
     state = ckpt.get("state_dict", ckpt)
@@ -121,7 +121,7 @@ class SpikelightTrainer(Trainer):
         path = Path(self.default_root_dir) / "energy.json"
         if path.is_file():
             print(f"\nwritten: {path}")
-        return report if isinstance(report, dict) else getattr(report, "__dict__", {})
+        return report.to_dict()
 
     def export(
         self,
@@ -259,13 +259,9 @@ class SpikelightCLI(LightningCLI):
         cfg = self.config[sub] if sub else self.config
         name = cfg.get("name") or _experiment_name(cfg.get("config") or [])
         cfg["name"] = name
-        run_dir = Path(cfg.get("run_root") or "runs") / name
-        self.run_dir = run_dir
-        if not cfg.get("trainer.default_root_dir"):
-            cfg["trainer.default_root_dir"] = str(run_dir)
-        else:
-            run_dir = Path(cfg["trainer.default_root_dir"])
-            self.run_dir = run_dir
+        if not cfg.get("trainer.default_root_dir"):  # an explicit default_root_dir wins
+            cfg["trainer.default_root_dir"] = str(Path(cfg.get("run_root") or "runs") / name)
+        run_dir = self.run_dir = Path(cfg["trainer.default_root_dir"])
         if not cfg.get("checkpoint.dirpath"):
             cfg["checkpoint.dirpath"] = str(run_dir / "checkpoints")
 
@@ -298,14 +294,6 @@ class SpikelightCLI(LightningCLI):
 
     def before_fit(self) -> None:
         rank_zero_info(f"spikelight: run directory {self.run_dir}")
-
-
-def _has_omegaconf() -> bool:
-    try:
-        import omegaconf  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def main(args: Optional[list[str]] = None) -> None:
