@@ -345,3 +345,55 @@ class MTALoss(nn.Module):
             f"lambdas=({self.lambda_text}, {self.lambda_image}, {self.lambda_mse}), mse_on={self.mse_on!r}, "
             f"local_loss={self.local_loss}"
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# T-RevSNN: weighted sum of the per-timestep heads' cross-entropies
+# ---------------------------------------------------------------------------------------------
+
+__all__ = [*__all__, "loss_weights", "trevsnn_loss"]
+
+
+def loss_weights(T: int, weights: tuple[float, ...] | list[float] = (0.25, 0.5, 0.75, 2.0)) -> list[float]:
+    """Per-head loss weights for ``T`` heads.
+
+    ``len(weights) == T``: used as given. Otherwise the last weight goes to the final head and
+    the aux heads take the first ``T - 1`` aux weights ``weights[:-1]``, continued as an
+    arithmetic progression (last step) when more are needed. The default gives ``[2.0]`` for
+    T=1, ``[0.25, 2.0]`` for T=2, ``[0.25, 0.5, 2.0]`` for T=3, the paper's
+    ``[0.25, 0.5, 0.75, 2.0]`` for T=4 and ``[0.25, 0.5, 0.75, 1.0, 1.25, 2.0]`` for T=6.
+    """
+    w = [float(x) for x in weights]
+    if T < 1 or not w:
+        raise ValueError(f"need T >= 1 and at least one weight, got T={T}, weights={weights}")
+    if len(w) == T:
+        return w
+    aux, final = w[:-1], w[-1]
+    if not aux:
+        aux = [final]
+    step = aux[-1] - aux[-2] if len(aux) > 1 else 0.0
+    while len(aux) < T - 1:
+        aux.append(aux[-1] + step)
+    return aux[: T - 1] + [final]
+
+
+def trevsnn_loss(
+    logits: Tensor | list[Tensor] | tuple[Tensor, ...],
+    target: Tensor,
+    weights: tuple[float, ...] | list[float] = (0.25, 0.5, 0.75, 2.0),
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """``sum_t w_t * CE(logits[t], target)`` over the ``T`` heads of T-RevSNN (weights: :func:`loss_weights`).
+
+    Args:
+        logits: ``[T, B, K]`` tensor or a list of ``T`` ``[B, K]``; a single ``[B, K]`` tensor
+            gives the plain (unweighted) cross-entropy.
+        target: ``[B]`` class indices (or ``[B, K]`` probabilities).
+    """
+    if isinstance(logits, Tensor) and logits.dim() == 2:
+        return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+    w = loss_weights(len(logits), weights)
+    total = logits[0].new_zeros(())
+    for wt, lg in zip(w, logits):
+        total = total + wt * F.cross_entropy(lg, target, label_smoothing=label_smoothing)
+    return total
