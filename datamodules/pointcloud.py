@@ -56,6 +56,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from spikelight.datamodules.base import EvalSet
 from spikelight.datamodules.pc_transforms import RGB_DEFAULT, PointCloudTransform, farthest_point_sample
 
 __all__ = [
@@ -1441,6 +1442,12 @@ class PointCloudDataModuleBase(L.LightningDataModule):
         if not self._val:
             self.setup("validate")
         return [{"name": n, "class_names": list(ds.class_names)} for n, ds in self._val]
+
+    def eval_sets(self) -> list[EvalSet]:
+        """The evaluation sets, aligned with ``val_dataloader()`` (name, class names, prompt templates)."""
+        if not self._val:
+            self.setup("validate")
+        return [EvalSet(n, ds.class_names, self.prompt_templates) for n, ds in self._val]
 
     @property
     def class_names(self) -> list[str]:

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from spikelight.datamodules.base import EvalSet
 from spikelight.datamodules.pc_transforms import PointCloudTransform
 from spikelight.datamodules.pointcloud import PROMPT_TEMPLATES, PointCloudDataModuleBase
 
@@ -875,6 +876,10 @@ class Synthetic3DDataModule(PointCloudDataModuleBase):
             {"name": "val_objects", "class_names": list(self.train_class_names)},
             {"name": "val_categories", "class_names": list(self.heldout_class_names)},
         ]
+
+    def eval_sets(self) -> list[EvalSet]:  # known without generating the data
+        t = self.prompt_templates
+        return [EvalSet("val_objects", self.train_class_names, t), EvalSet("val_categories", self.heldout_class_names, t)]
 
     @property
     def prompt_templates(self) -> list[str]:

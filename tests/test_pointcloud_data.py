@@ -664,6 +664,10 @@ def test_triplet_datamodules_with_zero_shot_sets(tmp_path):
     assert names == ["modelnet40", "shapenet55"]
     assert dm.val_sets[0]["class_names"] == ["chair", "lamp"] and dm.class_names == ["chair", "lamp"]
     assert dm.val_sets[1]["class_names"] == ["airplane", "chair"]
+    sets = dm.eval_sets()  # the typed contract, aligned with val_dataloader()
+    assert [(s.name, list(s.class_names)) for s in sets] == [
+        ("modelnet40", ["chair", "lamp"]), ("shapenet55", ["airplane", "chair"])]
+    assert all(list(s.prompt_templates) == PROMPT_TEMPLATES for s in sets)
     loaders = dm.val_dataloader()
     assert len(loaders) == 2
     assert [len(ld.dataset) for ld in loaders] == [2, 1]
