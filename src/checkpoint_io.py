@@ -26,7 +26,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 __all__ = ["AtomicCheckpointIO", "CheckpointError", "PARTIAL_SUFFIX", "atomic_torch_save", "load_checkpoint",
            "remove_partials"]
 
-PARTIAL_SUFFIX = ".partial"
+from spikelight.runs import PARTIAL_SUFFIX, remove_partials  # noqa: E402  (torch-free helpers)
 
 
 class CheckpointError(ValueError):
@@ -69,21 +69,6 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
-
-
-def remove_partials(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files that a killed :func:`atomic_torch_save` left in ``folder``."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    removed = []
-    for p in folder.glob(f".*{PARTIAL_SUFFIX}"):
-        try:
-            p.unlink()
-            removed.append(p)
-        except OSError:
-            pass
-    return removed
 
 
 def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu", weights_only: bool = True) -> dict:

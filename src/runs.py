@@ -28,9 +28,26 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
-from spikelight.checkpoint_io import remove_partials
 
-__all__ = ["RunFolder", "RunFolderBusy", "RunFolderError", "checkpoint_step"]
+__all__ = ["PARTIAL_SUFFIX", "RunFolder", "RunFolderBusy", "RunFolderError", "checkpoint_step", "remove_partials"]
+
+#: suffix of the temporary files of :func:`spikelight.checkpoint_io.atomic_torch_save`
+PARTIAL_SUFFIX = ".partial"
+
+
+def remove_partials(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that a killed atomic save left in ``folder`` (``.<name>.*.partial``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in folder.glob(f".*{PARTIAL_SUFFIX}"):
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
 
 
 class RunFolderError(RuntimeError):
