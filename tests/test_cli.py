@@ -35,7 +35,7 @@ def test_print_config_has_fixed_seed_and_resolved_classes(repo_root, cli):
     assert cfg["seed_everything"] == 42
     assert cfg["model"]["class_path"] == "spikelight.tasks.toy.ToyClassifier"
     assert cfg["checkpoint"]["save_last"] is True
-    assert cfg["trainer"]["logger"]["class_path"] == "spikelight.loggers.WandbLogger"
+    assert cfg["trainer"]["logger"]["class_path"] == "spikelight.loggers.OfflineWandbLogger"
 
 
 def test_fit_with_wandb_offline_records_metrics_and_config(repo_root, tmp_path, cli):
@@ -59,7 +59,7 @@ def test_fit_with_wandb_offline_records_metrics_and_config(repo_root, tmp_path, 
 def test_csv_or_tensorboard_logger_instead_of_wandb(repo_root, tmp_path, monkeypatch, logger):
     monkeypatch.chdir(tmp_path)
     c = _cli(["--config", str(repo_root / TOY), *SMALL, "--run_root", str(tmp_path / "runs"), "--name", "l",
-              "--trainer.logger", f"spikelight.loggers.{logger}", "--trainer.max_epochs", "1"])
+              "--trainer.logger", f"spikelight.loggers.Run{logger}", "--trainer.max_epochs", "1"])
     c.trainer.fit(c.model, datamodule=c.datamodule)
     logs = tmp_path / "runs" / "l" / "logs"
     if logger == "CSVLogger":
