@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _spconv_standin
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,7 @@ from spikelight.nn.sparse_conv import (
     build_kernel_map,
     global_max_pool,
     global_mean_pool,
+    set_backend,
     sparse_conv_reference,
     spconv_available,
     voxelize,
@@ -281,18 +283,6 @@ def test_global_pools_per_sample():
     assert global_mean_pool(xt)[1].tolist() == [[4.0, -6.0], [0.0, 0.0], [14.0, 4.0]]
 
 
-def test_synaptic_ops_counts_pairs_and_spikes():
-    idx = torch.tensor([[0, 1, 1, 1], [0, 1, 1, 2]])
-    f = torch.tensor([[2.0, 0.0], [1.0, 3.0]])  # integer spike counts
-    x = SparseTensor(f, idx, (4, 4, 4), 1)
-    conv = SubMConv3d(2, 5, 3)
-    macs, acs = conv.synaptic_ops(x)
-    # 4 pairs (see the hand-computed map): site0 used twice (centre, as -1 neighbour), site1 twice
-    assert macs == 4 * 2 * 5
-    assert acs == 5 * (2 * (2.0 + 0.0) + 2 * (1.0 + 3.0))
-    assert conv.num_pairs(x) == 4
-
-
 # ---------------------------------------------------------------------------------------------
 # voxelisation
 # ---------------------------------------------------------------------------------------------
@@ -404,62 +394,12 @@ def test_spconv_weight_conversion_and_pointwise_quirk():
     assert torch.equal(weight_from_spconv(w3), w3)  # KRSC: identical layout
 
 
-class _FakeSpconvTensor:
-    def __init__(self, features, indices, spatial_shape, batch_size):
-        assert indices.dtype == torch.int32 and features.dim() == 2
-        self.features, self.indices = features, indices
-        self.spatial_shape, self.batch_size = list(spatial_shape), batch_size
-
-
-class _FakeSpconvConv(torch.nn.Module):
-    """Stand-in for spconv.pytorch's conv modules: KRSC weight, and strided outputs in a
-    scrambled site order (spconv makes no ordering promise), to test the backend glue."""
-
-    subm = False
-
-    def __init__(self, c_in, c_out, kernel_size, bias=False, stride=1, padding=0):
-        super().__init__()
-        k = tuple(kernel_size) if isinstance(kernel_size, (tuple, list)) else (kernel_size,) * 3
-        self.weight = torch.nn.Parameter(torch.zeros(c_out, *k, c_in))
-        self.k, self.stride, self.padding = k, stride, padding
-
-    def forward(self, t):
-        x = SparseTensor(t.features, t.indices.long(), t.spatial_shape, t.batch_size)
-        km = build_kernel_map(
-            x.indices,
-            x.spatial_shape,
-            x.batch_size,
-            kernel_size=self.k,
-            stride=self.stride,
-            padding=self.padding,
-            subm=self.subm,
-        )
-        f = sparse_conv_reference(x, self.weight, km)
-        idx = km.out_indices
-        if not self.subm:
-            perm = torch.randperm(idx.shape[0], generator=torch.Generator().manual_seed(0))
-            f, idx = f[perm], idx[perm]
-        return _FakeSpconvTensor(f, idx.int(), km.out_spatial_shape, t.batch_size)
-
-
-class _FakeSubM(_FakeSpconvConv):
-    subm = True
-
-
 @pytest.mark.parametrize("subm", [True, False])
 @pytest.mark.parametrize("timed", [False, True])
 def test_spconv_backend_glue_with_a_stand_in(monkeypatch, subm, timed):
     """The spconv path folds T into the batch, shares the weight and re-sorts strided outputs:
     with a stand-in spconv it must reproduce the torch path exactly (values, sites, grads)."""
-    import sys
-    import types
-
-    fake = types.ModuleType("spconv.pytorch")
-    fake.SparseConvTensor, fake.SubMConv3d, fake.SparseConv3d = _FakeSpconvTensor, _FakeSubM, _FakeSpconvConv
-    pkg = types.ModuleType("spconv")
-    pkg.pytorch = fake
-    monkeypatch.setitem(sys.modules, "spconv", pkg)
-    monkeypatch.setitem(sys.modules, "spconv.pytorch", fake)
+    _spconv_standin.install(monkeypatch)
     assert spconv_available()
     B, shape = 2, (8, 8, 8)
     idx = random_sites(B, shape, 50, seed=12)
@@ -477,6 +417,22 @@ def test_spconv_backend_glue_with_a_stand_in(monkeypatch, subm, timed):
     torch.testing.assert_close(outs[0].features, outs[1].features)
     torch.testing.assert_close(grads[0], grads[1])
     assert "_spconv_mod" in conv.__dict__ and "_spconv_mod" not in dict(conv.named_modules())
+
+
+def test_set_backend_switches_every_sparse_conv_and_reports_what_to_restore():
+    net = torch.nn.Sequential(
+        SubMConv3d(2, 2, 3, backend="spconv"),
+        SparseConv3d(2, 2, 2, backend="auto"),
+        SubMConv3d(2, 2, 3, backend="torch"),
+    )
+    changed = set_backend(net, "torch")
+    assert changed == {net[0]: "spconv", net[1]: "auto"}  # the torch layer needed no change
+    assert [m.backend for m in net] == ["torch", "torch", "torch"]
+    for layer, backend in changed.items():
+        layer.backend = backend
+    assert [m.backend for m in net] == ["spconv", "auto", "torch"]
+    with pytest.raises(ValueError, match="backend must be one of"):
+        set_backend(net, "cuda")
 
 
 @pytest.mark.skipif(not spconv_available(), reason="spconv is not installed")
