@@ -1,7 +1,7 @@
 """Estimated energy per sample of SVL's spiking 3D encoders vs their ANN twins, on one 10k-point cloud.
 
 For every encoder variant (spike_pointnet, e3dsnn_t/s/l/h, pointformer_snn_l; C = 1280, the paper's
-ViT-bigG-14 width) this script measures, with :func:`spikelight.nn.energy.measure_energy` (E_MAC =
+ViT-bigG-14 width) this script measures, with :func:`spikelight.profiling.energy.measure_energy` (E_MAC =
 4.6 pJ, E_AC = 0.9 pJ; layers fed real values are MAC, layers fed I-LIF spikes are AC, charged by
 their input firing rate):
 
@@ -45,6 +45,7 @@ from _common import RESULTS_DIR, SHARED_DATA, get_device, machine_info, set_thre
 
 from spikelight.models.encoders_3d import build_encoder  # noqa: E402
 from spikelight.nn.energy import E_AC_PJ, E_MAC_PJ, measure_energy  # noqa: E402
+from spikelight.profiling.energy import E_AC_PJ, E_MAC_PJ, measure_energy  # noqa: E402
 from spikelight.nn.neurons import SpikingNeuron  # noqa: E402
 
 VARIANTS = ["spike_pointnet", "e3dsnn_t", "e3dsnn_s", "e3dsnn_l", "e3dsnn_h", "pointformer_snn_l"]
@@ -474,7 +475,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{args.calib_copies} augmented copies of the input (rotation about up, jitter, scale/shift)",
                 "ann_twin": "every SpikingNeuron replaced by ReLU; all products charged as MAC",
             },
-            "accounting": "spikelight.nn.energy.measure_energy (eval mode, no_grad); MAC layers = the "
+            "accounting": "spikelight.profiling.energy.measure_energy (eval mode, no_grad); MAC layers = the "
             "encoder's real_input_layers plus any layer fed non-spike values; AC ops = dense MACs x "
             "input firing rate (integer spikes count their value)",
         },

@@ -2,7 +2,7 @@
 
 What is measured (one training step = forward + weighted multi-head loss + backward, no optimizer):
 
-* CPU: :func:`spikelight.callbacks.memory.measure_step_memory` (the MemoryMonitor measure). Headline:
+* CPU: :func:`spikelight.profiling.memory.measure_step_memory` (the MemoryMonitor measure). Headline:
   ``peak_activation_bytes`` = live activation + temporary tensor bytes at the instant of the step's tensor
   peak (parameters, gradients and the batch excluded), per sample. Also ``peak_bytes`` (every live tensor,
   parameters and gradients included) and ``saved_bytes`` (distinct storages autograd saved for backward
@@ -37,8 +37,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info  # noqa: E402
 
-from spikelight.callbacks.memory import MB, measure_step_memory
 from spikelight.models.trevsnn import TRevSNN, trevsnn_loss
+from spikelight.profiling.memory import MB, measure_step_memory
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
         "dtype": "float32",
         "step": "forward (all T heads) + weighted CE (0.25/0.5/0.75/2.0 scheme, label smoothing 0.1) + "
         "backward; no optimizer step; gradients set to None before each measured step",
-        "memory_measure": "spikelight.callbacks.memory.measure_step_memory (MemTracker tensor peak); "
+        "memory_measure": "spikelight.profiling.memory.measure_step_memory (MemTracker tensor peak); "
         "headline = activation + temp bytes at the peak, per sample"
         + (
             "; CUDA: max_memory_allocated minus bytes allocated before the step"

@@ -7,7 +7,7 @@
    everything); its gain is memory (see ``trevsnn_memory.py``). The paper's "2.0x faster" compares with the
    Spike-driven Transformer, a different network.
 
-2. **Inference energy per image** (REFERENCE.md section 4 convention, ``spikelight.nn.energy.measure_energy``:
+2. **Inference energy per image** (REFERENCE.md section 4 convention, ``spikelight.profiling.energy.measure_energy``:
    ``E = 4.6 pJ x MAC FLOPs (layers fed real values) + 0.9 pJ x AC ops (layers fed spikes, rate x FLOPs)``),
    tiny and small at 224 px, T=4, 1000 classes, eval mode (last head only), on one image (a real ImageNet
    validation JPEG from ``../shared/data/imagenet`` with the eval transform when present, else a procedural
@@ -50,7 +50,7 @@ from _common import machine_info  # noqa: E402
 from _common import sync as _sync  # noqa: E402
 
 from spikelight.models.trevsnn import TRevSNN, trevsnn_loss
-from spikelight.nn.energy import measure_energy
+from spikelight.profiling.energy import measure_energy
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARED_IMAGENET = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet"

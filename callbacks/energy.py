@@ -1,24 +1,24 @@
 """``SpikeEnergy``: firing rates, synaptic operations and estimated energy during validation/test.
 
 Measures the first ``num_batches`` batches of dataloader 0 of each validation (and test) epoch
-with an :class:`~spikelight.nn.energy.EnergyMeter` (entered in ``on_*_batch_start``, left in
+with an :class:`~spikelight.profiling.energy.EnergyMeter` (entered in ``on_*_batch_start``, left in
 ``on_*_batch_end``), then at epoch end:
 
 * logs ``energy/mj_per_sample``, ``energy/ann_mj_per_sample``, ``energy/ac_ops_per_sample``,
   ``energy/mac_flops_per_sample``, ``energy/mean_firing_rate`` (``sync_dist=True``: averaged
   over ranks);
 * on global rank 0 writes ``<default_root_dir>/energy.json`` (the full report plus ``stage`` and
-  ``epoch``), ``energy_layers.csv`` (per-layer table; also ``logger.log_table`` for W&B) and,
-  with ``plot=True``, ``firing_rates.png`` (bar chart of per-neuron-layer firing rates; also
-  ``logger.log_image`` for W&B);
+  ``epoch``), ``energy_layers.csv`` (per-layer table) and, with ``plot=True``,
+  ``firing_rates.png`` (bar chart of per-neuron-layer firing rates); with a W&B logger it also logs
+  the table, the PNG and an interactive bar chart (:mod:`spikelight.callbacks.firing_rates`);
 * keeps the report on ``self.last_report`` (print it with
-  :func:`spikelight.nn.energy.format_report`).
+  :func:`spikelight.profiling.energy.format_report`).
 
 Skipped while Lightning runs its sanity check. Example (YAML)::
 
     trainer:
       callbacks:
-        - class_path: spikelight.callbacks.energy.SpikeEnergy
+        - class_path: spikelight.callbacks.SpikeEnergy
           init_args: {module: encoder, num_batches: 4}
 """
 
@@ -30,9 +30,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities import rank_zero_warn
 
-from spikelight.nn.energy import E_AC_PJ, E_MAC_PJ, EnergyMeter, EnergyReport, infer_batch_size
+from spikelight.callbacks.firing_rates import is_wandb, log_to_wandb, plot_firing_rates
+from spikelight.datamodules.base import batch_size_of
+from spikelight.profiling.energy import E_AC_PJ, E_MAC_PJ, EnergyMeter, EnergyReport
 
 __all__ = ["SpikeEnergy"]
 
@@ -54,9 +55,8 @@ class SpikeEnergy(pl.Callback):
         every_n_epochs: during ``fit``, measure when ``(epoch + 1) % every_n_epochs == 0``.
             ``validate`` / ``test`` runs always measure.
         plot: write/log the firing-rate bar chart.
-        spike_max: see :class:`~spikelight.nn.energy.EnergyMeter` (``"auto"`` by default).
-        batch_size_fn: samples in a batch; default
-            :func:`~spikelight.nn.energy.infer_batch_size`.
+        spike_max: see :class:`~spikelight.profiling.energy.EnergyMeter` (``"auto"`` by default).
+        batch_size_fn: samples in a batch; default :func:`spikelight.datamodules.base.batch_size_of`.
     """
 
     def __init__(
@@ -90,7 +90,7 @@ class SpikeEnergy(pl.Callback):
         self.every_n_epochs = int(every_n_epochs)
         self.plot = bool(plot)
         self.spike_max = spike_max
-        self.batch_size_fn = batch_size_fn or infer_batch_size
+        self.batch_size_fn = batch_size_fn or batch_size_of
         self.meter: EnergyMeter | None = None
         self.last_report: EnergyReport | None = None
 
@@ -160,25 +160,13 @@ class SpikeEnergy(pl.Callback):
             json.dump(data, f, indent=2)
         with open(os.path.join(run_dir, "energy_layers.csv"), "w", newline="") as f:
             f.write(report.layers_csv())
-        wandb_loggers = [lg for lg in trainer.loggers if _is_wandb(lg)]
-        for lg in wandb_loggers:
-            try:
-                cols = ["name", "type", "op", "kind", "flops", "firing_rate_in", "ops", "energy_mj"]
-                lg.log_table(
-                    key="energy/layers",
-                    columns=cols,
-                    data=[[getattr(r, c) for c in cols] for r in report.layers],
-                )
-            except Exception as e:  # never let a logging hiccup kill the run
-                rank_zero_warn(f"SpikeEnergy: could not log the layer table to W&B: {e}")
+        png = None
         if self.plot and report.neurons:
-            path = os.path.join(run_dir, "firing_rates.png")
-            _plot_firing_rates(report, path)
-            for lg in wandb_loggers:
-                try:
-                    lg.log_image(key="energy/firing_rates", images=[path])
-                except Exception as e:
-                    rank_zero_warn(f"SpikeEnergy: could not log the firing-rate plot to W&B: {e}")
+            png = os.path.join(run_dir, "firing_rates.png")
+            plot_firing_rates(report, png)
+        for lg in trainer.loggers:
+            if is_wandb(lg):
+                log_to_wandb(lg, report, step=trainer.global_step, png=png)
 
     # -- Lightning hooks ----------------------------------------------------------------------
 
@@ -213,35 +201,3 @@ class SpikeEnergy(pl.Callback):
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         self._discard()
-
-
-def _is_wandb(logger: Any) -> bool:
-    try:
-        from lightning.pytorch.loggers import WandbLogger
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(logger, WandbLogger)
-
-
-def _plot_firing_rates(report: EnergyReport, path: str) -> None:
-    """Bar chart of per-neuron-layer firing rates (Agg canvas, no pyplot global state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    names = [n.name for n in report.neurons]
-    rates = [n.firing_rate for n in report.neurons]
-    fig = Figure(figsize=(max(4.0, 0.35 * len(names) + 1.5), 3.5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.bar(range(len(names)), rates, color="tab:blue")
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=90, fontsize=7)
-    ax.set_ylabel("mean spikes / neuron / timestep")
-    mfr = report.mean_firing_rate
-    ax.set_title(
-        f"firing rates ({report.energy_mj_per_sample:.3g} mJ/sample"
-        + (f", mean {mfr:.3f})" if mfr is not None else ")"),
-        fontsize=9,
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)

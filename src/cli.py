@@ -98,8 +98,8 @@ class SpikelightTrainer(Trainer):
                 SpikeEnergy callback's setting, else the whole model.
             weights_only: load the checkpoint with ``torch.load(weights_only=...)``.
         """
-        from spikelight.callbacks.energy import SpikeEnergy
-        from spikelight.nn.energy import format_report
+        from spikelight.callbacks import SpikeEnergy
+        from spikelight.profiling.energy import format_report
 
         ckpt = resolve_ckpt_path(ckpt_path, self)
         if ckpt is not None:

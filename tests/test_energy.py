@@ -1,4 +1,4 @@
-"""Spike energy accounting (spikelight.nn.energy) and the SpikeEnergy callback.
+"""Spike energy accounting (spikelight.profiling.energy) and the SpikeEnergy callback.
 
 The hand-computed network (T=2, B=2, 1x2x2 images, ILIF beta=0.5 vth=1 D=4):
 
@@ -29,13 +29,15 @@ import csv
 import json
 import math
 
+import _spconv_standin
 import pytest
 import torch
 from einops import rearrange
 from torch import nn
 
-from spikelight.nn.energy import EnergyMeter, format_report, measure_energy
 from spikelight.nn.neurons import ILIF, BinarySpike, spike_driven_forward
+from spikelight.nn.sparse_conv import SparseActivation, SparseConv3d, SparseTensor, SubMConv3d
+from spikelight.profiling.energy import EnergyMeter, format_report, measure_energy
 
 PJ = 1e-9  # mJ per pJ
 
@@ -153,15 +155,30 @@ def test_inference_mode_composites_counted_once():
 
 
 def test_autocast_weight_copies_stay_weights():
-    """bf16 autocast casts weights (new storage): they must still not count as activations."""
+    """bf16 autocast casts weights (new storage): they must still not count as activations.
+
+    conv1's weight is spike-valued (0, 1, 2 <= D=4) and its input is real-valued, so conv1 is a MAC
+    layer only if the bf16 copy of the weight is recognised as a weight: an activation that looks like
+    that copy makes the same product an AC one (checked below, so the test can fail)."""
     net = HandNet().eval()
     meter = EnergyMeter(net)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), meter:
-        net(hand_input())
+        logits, _ = net(hand_input())
+    assert logits.dtype == torch.bfloat16  # autocast did run: the products saw bf16 weight copies
     meter.add_samples(2)
     rep = meter.report()
     assert {r.name: r.kind for r in rep.layers} == {"conv1": "MAC", "conv2": "AC", "attn": "AC", "fc": "AC"}
     assert rep.mac_flops_per_sample == 144 and rep.ac_ops_per_sample == pytest.approx(174)
+
+    # control: the same bf16 tensor made outside the model's weights is an activation, and spike-valued
+    class ConvOf(nn.Module):
+        def forward(self, x, w):
+            return torch.nn.functional.conv2d(x, w, padding=1)
+
+    w_copy = net.conv1.weight.detach().to(torch.bfloat16).clone()
+    x = hand_input().flatten(0, 1).to(torch.bfloat16)
+    control, _ = run_meter(ConvOf(), (x, w_copy), samples=2, spike_max=4)
+    assert control.layers[0].kind == "AC"
 
 
 def test_spike_driven_unfolding_keeps_ops():
@@ -301,6 +318,85 @@ def test_cross_check_spikingjelly():
 
 
 # ---------------------------------------------------------------------------------------------
+# Sparse convolutions: counted through the dispatcher, never through spconv's invisible kernels
+# ---------------------------------------------------------------------------------------------
+
+
+def test_sparse_conv_products_are_pairs_times_channels():
+    """2 sites next to each other, SubM k=3: 4 (input, output) pairs (each site with itself and with
+    its neighbour); per pair C_in x C_out = 2 x 5 MACs; fed integer spikes, the additions are
+    C_out x (sum over pairs of the input row) = 5 x (2 (2 + 0) + 2 (1 + 3))."""
+    x = SparseTensor(
+        torch.tensor([[2.0, 0.0], [1.0, 3.0]]), torch.tensor([[0, 1, 1, 1], [0, 1, 1, 2]]), (4, 4, 4), 1
+    )
+    rep, _ = run_meter(SubMConv3d(2, 5, 3, backend="torch"), x, samples=1, spike_max=None)
+    assert rep.flops_per_sample == 4 * 2 * 5 and rep.mac_flops_per_sample == 0
+    assert rep.ac_ops_per_sample == pytest.approx(5 * (2 * (2 + 0) + 2 * (1 + 3)))
+
+
+def _sparse_net(backend: str) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        SubMConv3d(4, 6, 3, backend=backend),
+        SparseActivation(ILIF(D=4)),
+        SparseConv3d(6, 5, 2, stride=2, backend=backend),
+    ).eval()
+
+
+def _sparse_input() -> SparseTensor:
+    g = torch.Generator().manual_seed(3)
+    cols = [torch.randint(0, 2, (80,), generator=g)] + [
+        torch.randint(0, 8, (80,), generator=g) for _ in range(3)
+    ]
+    idx = torch.unique(torch.stack(cols, 1), dim=0)
+    return SparseTensor(torch.randn(idx.shape[0], 4, generator=g) * 2, idx, (8, 8, 8), 2)
+
+
+def test_meter_runs_spconv_layers_on_the_torch_backend_and_restores_them(monkeypatch):
+    _spconv_standin.install(monkeypatch)  # its kernels, like spconv's CUDA ones, bypass the dispatcher
+    x = _sparse_input()
+    want, _ = run_meter(_sparse_net("torch"), x, samples=2)
+    net = _sparse_net("spconv")
+    calls = _spconv_standin.CALLS["forward"]
+    with torch.no_grad():
+        net(x)
+    assert _spconv_standin.CALLS["forward"] == calls + 2  # outside the meter both layers run "spconv"
+    got, out = run_meter(net, x, samples=2)
+    assert _spconv_standin.CALLS["forward"] == calls + 2  # ...inside, neither does
+    assert [net[0].backend, net[2].backend] == ["spconv", "spconv"]  # restored
+    assert want.mac_flops_per_sample > 0 and want.ac_ops_per_sample > 0
+    for f in ("mac_flops_per_sample", "ac_flops_per_sample", "ac_ops_per_sample", "mean_firing_rate"):
+        assert getattr(got, f) == pytest.approx(getattr(want, f), rel=1e-12), f
+    assert [(r.name, r.kind, r.flops) for r in got.layers] == [(r.name, r.kind, r.flops) for r in want.layers]
+
+    with pytest.raises(RuntimeError, match="would run spconv's kernels"):
+        run_meter(net, x, samples=2, sparse_backend="refuse")
+    assert [net[0].backend, net[2].backend] == ["spconv", "spconv"]
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
+
+
+def test_spconv_modules_whose_kernels_bypass_the_meter_are_refused(monkeypatch):
+    fake = _spconv_standin.install(monkeypatch)
+    conv = fake.SubMConv3d(4, 6, 3)
+    x = _sparse_input()
+    t = fake.SparseConvTensor(x.features, x.indices.int(), x.spatial_shape, x.batch_size)
+    with pytest.raises(RuntimeError, match="outside PyTorch's dispatcher"):
+        run_meter(nn.Sequential(conv), t, samples=2)
+
+
+def test_spconv_cpu_products_are_counted_like_ours():
+    spconv = pytest.importorskip("spconv.pytorch")
+    x = _sparse_input()
+    ours = SubMConv3d(4, 6, 3, backend="torch")
+    theirs = spconv.SubMConv3d(4, 6, 3, bias=False)
+    theirs.weight = ours.weight
+    want, _ = run_meter(nn.Sequential(ours), x, samples=2)
+    t = spconv.SparseConvTensor(x.features, x.indices.int(), list(x.spatial_shape), x.batch_size)
+    got, _ = run_meter(nn.Sequential(theirs), t, samples=2)
+    assert got.mac_flops_per_sample == want.mac_flops_per_sample > 0
+
+
+# ---------------------------------------------------------------------------------------------
 # SpikeEnergy callback
 # ---------------------------------------------------------------------------------------------
 
@@ -310,7 +406,7 @@ def test_spike_energy_callback(tmp_path):
     from lightning.pytorch.loggers import CSVLogger
     from torch.utils.data import DataLoader, TensorDataset
 
-    from spikelight.callbacks.energy import SpikeEnergy
+    from spikelight.callbacks import SpikeEnergy
 
     class TinyLit(L.LightningModule):
         def __init__(self):

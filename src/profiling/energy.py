@@ -14,16 +14,10 @@ How it works
 ------------
 :class:`EnergyMeter` pushes a ``TorchDispatchMode`` that sees every aten op, and registers
 forward pre/post hooks on every module of the measured (sub)model to know which module runs.
-Counted ops (the dense products; bias adds, norms, neurons and other elementwise work are not
-counted, as in the papers):
-
-* ``convolution`` (any dims, groups, transposed): ``N * prod(out_spatial) * weight.numel()``
-  (transposed: ``prod(in_spatial)``);
-* ``mm`` / ``addmm`` ``[n,k]x[k,m]``: ``n*k*m``; ``bmm`` / ``baddbmm``: ``b*n*k*m``;
-  ``mv`` / ``addmv``: ``n*k``; ``dot``: ``k`` (``nn.Linear``, ``@``, ``einsum`` and gather-matmul
-  sparse convolutions all end up here);
-* fused attention (``_scaled_dot_product_*``): ``B*H*L*S*(E + Ev)``; other forward ops known to
-  ``torch.utils.flop_counter`` count half its FLOP figure (its FLOPs are 2 per MAC).
+Counted ops are the dense products (convolutions, ``mm``/``bmm``/``mv``/``dot`` and their
+``add*`` forms - ``nn.Linear``, ``@``, ``einsum`` and gather-matmul sparse convolutions all end up
+there - and fused attention), with the MAC formulas of :mod:`spikelight.profiling.flops`; bias adds,
+norms, neurons and other elementwise work are not counted, as in the papers.
 
 Composite ops (``linear``, ``conv2d``, ``matmul`` ..., which reach the mode undecomposed under
 ``torch.inference_mode``) are decomposed first, so each product is counted exactly once.
@@ -63,17 +57,24 @@ Inputs ``[T, B, ...]`` are usually folded into the batch dim inside models, so t
 FLOPs already include ``T``; dividing by the number of *samples* ``B`` (``add_samples``) gives
 per-sample numbers. Several batches accumulate: ops are summed and divided by the total.
 
-Limits: ops run outside PyTorch's dispatcher (custom CUDA/cupy kernels, compiled graphs) are
-not seen; bias additions and the spikingjelly-style memory-access term are not counted.
+Kernels outside the dispatcher
+------------------------------
+Ops run outside PyTorch's dispatcher (custom CUDA/cupy kernels, compiled graphs) are not seen.
+spconv's kernels are such ops, so the meter never lets them run unseen: while it is active, every
+:mod:`spikelight.nn.sparse_conv` layer of the measured model runs the pure-PyTorch backend
+(``sparse_backend="torch"``, default; same sites and values, counted like any gather-matmul-scatter)
+and the layers' backends are restored afterwards; ``sparse_backend="refuse"`` raises instead when a
+layer would run spconv. Convolutions of the ``spconv`` package itself (not ours) cannot be switched:
+on CPU spconv runs its products as ``aten.mm`` (counted like ours); a spconv convolution that runs on
+sites while no product reaches the meter (its CUDA kernels) makes the meter raise with a message.
+
+Not counted: bias additions and the spikingjelly-style memory-access term.
+The report (rows, totals, formatting) is :mod:`spikelight.profiling.energy_report`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Sequence
 from fnmatch import fnmatch
 from typing import Any
 
@@ -83,233 +84,43 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.weak import WeakTensorKeyDictionary
 
+from spikelight.datamodules.base import batch_size_of
+from spikelight.nn import sparse_conv
 from spikelight.nn.neurons import SpikingNeuron
+from spikelight.profiling.energy_report import (
+    ROOT_NAME,
+    EnergyReport,
+    LayerRow,
+    NeuronRow,
+    OpCounts,
+    build_report,
+    format_report,
+)
+from spikelight.profiling.flops import FORMULAS, registry_formula
 
 __all__ = [
     "E_AC_PJ",
     "E_MAC_PJ",
+    "ROOT_NAME",
     "EnergyMeter",
     "EnergyReport",
     "LayerRow",
     "NeuronRow",
     "format_report",
-    "infer_batch_size",
     "measure_energy",
 ]
 
 E_MAC_PJ = 4.6
 E_AC_PJ = 0.9
-ROOT_NAME = "(root)"
-
-aten = torch.ops.aten
-
-
-# ---------------------------------------------------------------------------------------------
-# FLOP formulas (multiply-accumulates) and the operands each op multiplies
-# ---------------------------------------------------------------------------------------------
-
-
-def _prod(xs: Iterable[int]) -> int:
-    return math.prod(int(x) for x in xs)
-
-
-def _conv(args, kwargs, out) -> tuple[int, list]:
-    x, w = args[0], args[1]
-    transposed = bool(args[6]) if len(args) > 6 else bool(kwargs.get("transposed", False))
-    side = x if transposed else out
-    return int(side.shape[0]) * _prod(side.shape[2:]) * w.numel(), [x, w]
-
-
-def _mm(a, b) -> tuple[int, list]:
-    return int(a.shape[0]) * int(a.shape[1]) * int(b.shape[1]), [a, b]
-
-
-def _bmm(a, b) -> tuple[int, list]:
-    return int(a.shape[0]) * int(a.shape[1]) * int(a.shape[2]) * int(b.shape[2]), [a, b]
-
-
-def _sdpa(args, kwargs, out) -> tuple[int, list]:
-    q, k, v = args[0], args[1], args[2]  # [B, H, L, E], [B, H, S, E], [B, H, S, Ev]
-    L, E, S, Ev = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
-    return _prod(q.shape[:-2]) * int(L) * int(S) * (int(E) + int(Ev)), [q, k, v]
-
-
-_FORMULAS: dict[Any, Callable[[tuple, dict, Any], tuple[int, list]]] = {
-    aten.convolution: _conv,
-    aten._convolution: _conv,
-    aten.mm: lambda a, k, o: _mm(a[0], a[1]),
-    aten.addmm: lambda a, k, o: _mm(a[1], a[2]),
-    aten.bmm: lambda a, k, o: _bmm(a[0], a[1]),
-    aten.baddbmm: lambda a, k, o: _bmm(a[1], a[2]),
-    aten.mv: lambda a, k, o: (int(a[0].shape[0]) * int(a[0].shape[1]), [a[0], a[1]]),
-    aten.addmv: lambda a, k, o: (int(a[1].shape[0]) * int(a[1].shape[1]), [a[1], a[2]]),
-    aten.dot: lambda a, k, o: (int(a[0].shape[0]), [a[0], a[1]]),
-}
-for _name in (
-    "_scaled_dot_product_flash_attention",
-    "_scaled_dot_product_flash_attention_for_cpu",
-    "_scaled_dot_product_efficient_attention",
-    "_scaled_dot_product_cudnn_attention",
-    "_scaled_dot_product_fused_attention_overrideable",
-):
-    if hasattr(aten, _name):
-        _FORMULAS[getattr(aten, _name)] = _sdpa
-
-
-def _torch_registry_formula(packet) -> Callable | None:
-    """Fallback: a forward op known to ``torch.utils.flop_counter`` (FLOPs there are 2 per MAC)."""
-    if "backward" in str(packet):
-        return None
-    try:
-        from torch.utils.flop_counter import flop_registry
-    except ImportError:  # pragma: no cover - older torch
-        return None
-    fn = flop_registry.get(packet)
-    if fn is None:
-        return None
-
-    def formula(args, kwargs, out):
-        tensors = [a for a in args[:3] if isinstance(a, torch.Tensor)]
-        return int(fn(*args, **kwargs, out_val=out)) // 2, tensors
-
-    return formula
+_SPARSE_POLICIES = ("torch", "refuse")
 
 
 _FACTORY_LIKE = ("new_", "empty", "zeros", "ones", "full", "rand", "normal", "bernoulli")
 
 
 # ---------------------------------------------------------------------------------------------
-# Report
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class LayerRow:
-    """One counted product: all numbers are **per sample**.
-
-    ``kind`` is ``MAC``, ``AC`` or ``mixed`` (some calls fed spikes, some real values);
-    ``flops`` dense MACs, ``ops`` the operations actually charged (MAC FLOPs + AC additions),
-    ``firing_rate_in`` the mean spike input of the AC calls (``None`` for pure MAC rows).
-    """
-
-    name: str
-    type: str
-    op: str
-    kind: str
-    flops: float
-    firing_rate_in: float | None
-    ops: float
-    energy_mj: float
-    ann_energy_mj: float
-    calls: int
-
-
-@dataclass
-class NeuronRow:
-    """Firing rate of one spiking-neuron module: mean spike count per neuron per timestep."""
-
-    name: str
-    type: str
-    firing_rate: float
-    max_spike: float | None
-    neurons: int  # neuron-timesteps seen in total (all samples)
-
-
-@dataclass
-class EnergyReport:
-    """Energy estimate; every ``*_per_sample`` total and every row value is per sample."""
-
-    samples: int
-    e_mac_pj: float
-    e_ac_pj: float
-    module: str | None
-    flops_per_sample: float
-    mac_flops_per_sample: float
-    ac_flops_per_sample: float
-    ac_ops_per_sample: float
-    energy_mj_per_sample: float
-    ann_energy_mj_per_sample: float
-    mean_firing_rate: float | None
-    layers: list[LayerRow] = field(default_factory=list)
-    neurons: list[NeuronRow] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable dict (rows as lists of dicts)."""
-        return asdict(self)
-
-    def layers_csv(self) -> str:
-        """The per-layer table as CSV text (header + one line per row)."""
-        buf = io.StringIO()
-        cols = list(LayerRow.__dataclass_fields__)
-        w = csv.writer(buf)
-        w.writerow(cols)
-        for r in self.layers:
-            w.writerow([getattr(r, c) for c in cols])
-        return buf.getvalue()
-
-
-def _fmt_num(x: float | None) -> str:
-    if x is None:
-        return "-"
-    ax = abs(x)
-    for div, suf in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if ax >= div:
-            return f"{x / div:.3g}{suf}"
-    return f"{x:.4g}"
-
-
-def format_report(report: EnergyReport, *, max_rows: int | None = 60) -> str:
-    """A readable terminal table: per-layer rows, neuron firing rates, then the totals."""
-    lines = []
-    head = f"{'layer':<40} {'type':<16} {'kind':<5} {'FLOPs':>9} {'rate_in':>8} {'ops':>9} {'mJ':>10}"
-    lines += [head, "-" * len(head)]
-    rows = report.layers if max_rows is None else report.layers[:max_rows]
-    for r in rows:
-        rate = "-" if r.firing_rate_in is None else f"{r.firing_rate_in:.4f}"
-        lines.append(
-            f"{r.name[:40]:<40} {r.type[:16]:<16} {r.kind:<5} {_fmt_num(r.flops):>9} {rate:>8} "
-            f"{_fmt_num(r.ops):>9} {r.energy_mj:>10.4g}"
-        )
-    if max_rows is not None and len(report.layers) > max_rows:
-        lines.append(f"... {len(report.layers) - max_rows} more rows")
-    if report.neurons:
-        lines += ["", f"{'neuron layer':<40} {'type':<16} {'firing rate':>11}"]
-        for n in report.neurons:
-            lines.append(f"{n.name[:40]:<40} {n.type[:16]:<16} {n.firing_rate:>11.4f}")
-    mfr = "-" if report.mean_firing_rate is None else f"{report.mean_firing_rate:.4f}"
-    ratio = (
-        f"{report.ann_energy_mj_per_sample / report.energy_mj_per_sample:.2f}x"
-        if report.energy_mj_per_sample > 0
-        else "-"
-    )
-    lines += [
-        "",
-        f"samples {report.samples}  E_MAC {report.e_mac_pj} pJ  E_AC {report.e_ac_pj} pJ"
-        + (f"  module {report.module}" if report.module else ""),
-        f"per sample: FLOPs {_fmt_num(report.flops_per_sample)} (MAC {_fmt_num(report.mac_flops_per_sample)}, "
-        f"AC {_fmt_num(report.ac_flops_per_sample)} -> {_fmt_num(report.ac_ops_per_sample)} ops)  "
-        f"mean firing rate {mfr}",
-        f"energy {report.energy_mj_per_sample:.4g} mJ/sample   ANN equivalent "
-        f"{report.ann_energy_mj_per_sample:.4g} mJ/sample   ({ratio} lower)",
-    ]
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------
 # The meter
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Acc:
-    type: str
-    op: str
-    mac_flops: int = 0
-    ac_flops: int = 0
-    ac_ops: float = 0.0
-    spike_sum: float = 0.0
-    spike_numel: int = 0
-    calls: int = 0
 
 
 class _Frame:
@@ -327,7 +138,7 @@ class _CountingMode(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         packet = func.overloadpacket
-        formula = _FORMULAS.get(packet)
+        formula = FORMULAS.get(packet)
         if formula is None:
             formula = self.meter._fallback(packet)
         if formula is None:
@@ -355,6 +166,10 @@ class EnergyMeter:
         spike_max: an activation counts as spikes only if its values are integers in
             ``0..spike_max``; ``"auto"``: the largest ``max_spike`` of the model's neurons
             (no bound when there are none); ``None``: no bound.
+        sparse_backend: what to do with sparse convolutions that would run spconv's kernels
+            (invisible to the meter): ``"torch"`` runs them on the pure-PyTorch backend while
+            the meter is active (restored on ``stop``); ``"refuse"`` raises when one would run
+            spconv.
 
     Use::
 
@@ -377,7 +192,11 @@ class EnergyMeter:
         mac_layers: Sequence[str] = (),
         neuron_types: Sequence[type] | None = None,
         spike_max: float | str | None = "auto",
+        sparse_backend: str = "torch",
     ) -> None:
+        if sparse_backend not in _SPARSE_POLICIES:
+            raise ValueError(f"sparse_backend must be one of {_SPARSE_POLICIES}, got {sparse_backend!r}")
+        self.sparse_backend = sparse_backend
         self.model = model
         self.module = module or None
         self.target = model.get_submodule(module) if module else model
@@ -400,13 +219,15 @@ class EnergyMeter:
         self._fallbacks: dict = {}
         self._weight_ptrs: set[int] = set()
         self._derived = WeakTensorKeyDictionary()
+        self._saved_backends: dict[nn.Module, str] = {}
+        self._products = 0  # counted products so far (to notice modules whose kernels bypass the meter)
         self.reset()
 
     # -- public -------------------------------------------------------------------------------
 
     def reset(self) -> None:
         """Forget all counts and samples."""
-        self._rows: dict[tuple[str, int], _Acc] = {}
+        self._rows: dict[tuple[str, int], OpCounts] = {}
         self._neurons: dict[str, list] = {}  # name -> [type, max_spike, spike_sum, numel]
         self.samples = 0
 
@@ -422,6 +243,8 @@ class EnergyMeter:
         """Install hooks and the dispatch mode (no-op if already active)."""
         if self._mode is not None:
             return
+        if self.sparse_backend == "torch":
+            self._saved_backends = sparse_conv.set_backend(self.target, "torch")
         self._weight_ptrs = {
             t.untyped_storage().data_ptr()
             for t in (*self.model.parameters(), *self.model.buffers())
@@ -435,6 +258,10 @@ class EnergyMeter:
             self._handles.append(mod.register_forward_hook(self._post_hook(full), always_call=True))
             if isinstance(mod, self.neuron_types):
                 self._handles.append(mod.register_forward_hook(self._neuron_hook(full)))
+            if isinstance(mod, (sparse_conv.SubMConv3d, sparse_conv.SparseConv3d)):
+                self._handles.append(mod.register_forward_pre_hook(self._sparse_hook(full)))
+            elif _is_spconv_conv(mod):
+                self._handles += self._spconv_hooks(mod, full)
         self._mode = _CountingMode(self)
         self._mode.__enter__()
 
@@ -451,6 +278,9 @@ class EnergyMeter:
             self._handles.clear()
             self._stack.clear()
             self._derived = WeakTensorKeyDictionary()
+            for layer, backend in self._saved_backends.items():
+                layer.backend = backend
+            self._saved_backends = {}
 
     def __enter__(self) -> EnergyMeter:
         self.start()
@@ -461,58 +291,50 @@ class EnergyMeter:
 
     def report(self) -> EnergyReport:
         """Totals and rows per sample over everything counted since the last ``reset``."""
-        if self.samples <= 0:
-            raise ValueError("EnergyMeter.report(): no samples declared; call add_samples(batch_size)")
-        n = float(self.samples)
-        e_mac_mj, e_ac_mj = self.e_mac_pj * 1e-9, self.e_ac_pj * 1e-9
-        layers = []
-        for (name, k), a in self._rows.items():
-            flops = a.mac_flops + a.ac_flops
-            kind = "AC" if a.mac_flops == 0 and a.ac_flops > 0 else ("MAC" if a.ac_flops == 0 else "mixed")
-            if flops == 0 and a.calls:
-                kind = "AC" if a.spike_numel else "MAC"
-            layers.append(
-                LayerRow(
-                    name=(name or ROOT_NAME) + (f"#{k}" if k else ""),
-                    type=a.type,
-                    op=a.op,
-                    kind=kind,
-                    flops=flops / n,
-                    firing_rate_in=(a.spike_sum / a.spike_numel) if a.spike_numel else None,
-                    ops=(a.mac_flops + a.ac_ops) / n,
-                    energy_mj=(e_mac_mj * a.mac_flops + e_ac_mj * a.ac_ops) / n,
-                    ann_energy_mj=e_mac_mj * flops / n,
-                    calls=a.calls,
-                )
-            )
-        neurons = [
-            NeuronRow(
-                name=name or ROOT_NAME, type=t, firing_rate=(s / c) if c else 0.0, max_spike=ms, neurons=c
-            )
-            for name, (t, ms, s, c) in self._neurons.items()
-        ]
-        tot_spikes = sum(v[2] for v in self._neurons.values())
-        tot_neurons = sum(v[3] for v in self._neurons.values())
-        mac = sum(a.mac_flops for a in self._rows.values())
-        acf = sum(a.ac_flops for a in self._rows.values())
-        aco = sum(a.ac_ops for a in self._rows.values())
-        return EnergyReport(
+        return build_report(
+            self._rows,
+            self._neurons,
             samples=self.samples,
             e_mac_pj=self.e_mac_pj,
             e_ac_pj=self.e_ac_pj,
             module=self.module,
-            flops_per_sample=(mac + acf) / n,
-            mac_flops_per_sample=mac / n,
-            ac_flops_per_sample=acf / n,
-            ac_ops_per_sample=aco / n,
-            energy_mj_per_sample=(e_mac_mj * mac + e_ac_mj * aco) / n,
-            ann_energy_mj_per_sample=e_mac_mj * (mac + acf) / n,
-            mean_firing_rate=(tot_spikes / tot_neurons) if tot_neurons else None,
-            layers=layers,
-            neurons=neurons,
         )
 
     # -- hooks --------------------------------------------------------------------------------
+
+    def _spconv_hooks(self, mod: nn.Module, name: str) -> list:
+        """A module of the spconv package (cannot be switched to our backend): fail if it ran on sites
+        but not one of its products reached the dispatcher (spconv's CUDA kernels; its CPU path runs
+        ``aten.mm`` and is counted)."""
+        seen = []
+
+        def pre(m, args):
+            seen.append(self._products)
+
+        def post(m, args, out):
+            before = seen.pop() if seen else self._products
+            feats = getattr(args[0], "features", None) if args else None
+            if self._products == before and isinstance(feats, torch.Tensor) and feats.numel() > 0:
+                raise RuntimeError(
+                    f"EnergyMeter: spconv module {name!r} ({type(m).__qualname__}) ran kernels outside "
+                    "PyTorch's dispatcher (spconv on CUDA), so its operations cannot be counted. Build the "
+                    "model with spikelight.nn.sparse_conv.SubMConv3d / SparseConv3d (same KRSC weights, see "
+                    "weight_from_spconv), which the meter runs on their pure-PyTorch backend, or measure on CPU."
+                )
+
+        return [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
+
+    def _sparse_hook(self, name: str):
+        def hook(mod, args):
+            if args and mod.uses_spconv(args[0]):  # only reachable with sparse_backend="refuse"
+                raise RuntimeError(
+                    f"EnergyMeter(sparse_backend='refuse'): sparse convolution {name!r} would run spconv's "
+                    f"kernels (backend={mod.backend!r}), which bypass PyTorch's dispatcher, so its operations "
+                    "would not be counted. Use sparse_backend='torch' (counts the same convolution on the "
+                    "pure-PyTorch backend) or set the layer's backend to 'torch'."
+                )
+
+        return hook
 
     def _pre_hook(self, name: str):
         def hook(mod, args):
@@ -549,7 +371,7 @@ class EnergyMeter:
 
     def _fallback(self, packet):
         if packet not in self._fallbacks:
-            self._fallbacks[packet] = _torch_registry_formula(packet)
+            self._fallbacks[packet] = registry_formula(packet)
         return self._fallbacks[packet]
 
     def _is_weight(self, t: torch.Tensor) -> bool:
@@ -593,6 +415,7 @@ class EnergyMeter:
         else:
             return  # outside the measured submodule
         flops, operands = formula(args, kwargs, out)
+        self._products += 1
         name = frame.name if frame is not None else ""
         if frame is not None:
             k = frame.count
@@ -602,7 +425,7 @@ class EnergyMeter:
             k, type_ = 0, type(self.model).__name__
         acc = self._rows.get((name, k))
         if acc is None:
-            acc = self._rows[(name, k)] = _Acc(type=type_, op=func.overloadpacket.__name__)
+            acc = self._rows[(name, k)] = OpCounts(type=type_, op=func.overloadpacket.__name__)
         acc.calls += 1
         stats = None
         if not self._forced_mac(name):
@@ -655,27 +478,11 @@ class EnergyMeter:
 # Convenience
 # ---------------------------------------------------------------------------------------------
 
-_BATCH_KEYS = ("label", "image_feat", "text_feat", "image", "frames", "events", "points")
 
-
-def infer_batch_size(batch: Any) -> int:
-    """Number of samples in a batch: a tensor's first dim; for a dict batch the first of
-    ``label``, ``image_feat``, ``text_feat``, ``image``, ``frames``, ``events``, ``points`` present
-    (tensor: first dim; list of per-sample items: its length); else Lightning's extraction."""
-    if isinstance(batch, torch.Tensor):
-        return int(batch.shape[0]) if batch.dim() else 1
-    if isinstance(batch, Mapping):
-        for k in _BATCH_KEYS:
-            v = batch.get(k)
-            if isinstance(v, torch.Tensor) and v.dim():
-                return int(v.shape[0])
-            if isinstance(v, (list, tuple)) and v:
-                return len(v)
-    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
-        return int(batch[0].shape[0])
-    from lightning.pytorch.utilities.data import extract_batch_size
-
-    return int(extract_batch_size(batch))
+def _is_spconv_conv(mod: nn.Module) -> bool:
+    return type(mod).__module__.split(".")[0] == "spconv" and any(
+        "Conv" in c.__name__ for c in type(mod).__mro__
+    )
 
 
 def _default_forward(model: nn.Module, batch: Any) -> Any:
@@ -703,14 +510,14 @@ def measure_energy(
         forward: ``forward(model, batch)``; default ``model(*batch)`` for tuples/lists, else
             ``model(batch)``.
         max_batches: stop after this many batches (``None``: all).
-        batch_size_fn: samples per batch; default :func:`infer_batch_size` (first dim - pass
-            ``lambda x: x.shape[1]`` for raw ``[T, B, ...]`` inputs).
+        batch_size_fn: samples per batch; default :func:`spikelight.datamodules.base.batch_size_of`
+            (first dim - pass ``lambda x: x.shape[1]`` for raw ``[T, B, ...]`` inputs).
         device: move batches there (default: the model's parameter device).
         eval_mode: run in ``eval()`` (restored afterwards), as at deployment.
         **meter_kwargs: :class:`EnergyMeter` options (``module``, ``e_mac_pj``, ``mac_layers`` ...).
     """
     forward = forward or _default_forward
-    batch_size_fn = batch_size_fn or infer_batch_size
+    batch_size_fn = batch_size_fn or batch_size_of
     if isinstance(inputs, torch.Tensor):
         inputs = [inputs]
     if device is None:
