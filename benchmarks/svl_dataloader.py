@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ModelNet40Dataset,
         read_modelnet_txt_cached,
     )
-    from spikelight.datamodules.synthetic3d import Synthetic3DDataModule
+    from spikelight.datamodules.pointcloud.synthetic3d import Synthetic3DDataModule
 
     # --- synthetic triplets (demo settings; generated once and cached on disk, like the demo)
     data_kw = {**demo["data"], "progress": False}

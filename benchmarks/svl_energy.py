@@ -18,7 +18,7 @@ their input firing rate):
 
 The input is the real OpenShape demo cloud ``../shared/data/pointclouds/openshape/owl.ply`` (10,000
 points, xyz + rgb; the E-3DSNN / OpenShape input form), normalised to the unit sphere, batch 1; when the
-file is absent a procedural chair from :mod:`spikelight.datamodules.synthetic3d` is used instead.
+file is absent a procedural chair from :mod:`spikelight.datamodules.pointcloud.synthetic3d` is used instead.
 The paper's numbers (E-3DSNN-H 0.79 mJ vs ULIP-2 152 mJ) are stored as reference values: they come
 from *trained* networks, whose firing rates differ from the ones measured here.
 
@@ -44,9 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, SHARED_DATA, get_device, machine_info, set_threads, write_json  # noqa: E402
 
 from spikelight.models.encoders_3d import build_encoder  # noqa: E402
-from spikelight.nn.energy import E_AC_PJ, E_MAC_PJ, measure_energy  # noqa: E402
-from spikelight.profiling.energy import E_AC_PJ, E_MAC_PJ, measure_energy  # noqa: E402
 from spikelight.nn.neurons import SpikingNeuron  # noqa: E402
+from spikelight.profiling.energy import E_AC_PJ, E_MAC_PJ, measure_energy  # noqa: E402
 
 VARIANTS = ["spike_pointnet", "e3dsnn_t", "e3dsnn_s", "e3dsnn_l", "e3dsnn_h", "pointformer_snn_l"]
 QUICK_VARIANTS = ["spike_pointnet", "e3dsnn_t", "e3dsnn_s"]
@@ -114,7 +113,7 @@ def relu_twin(model: nn.Module) -> tuple[nn.Module, int]:
 def load_cloud(num_points: int | None, seed: int = 0) -> tuple[torch.Tensor, str]:
     """``([M, 6] cloud in the unit sphere, description)``: the OpenShape owl if present, else a
     procedural chair; ``num_points`` (if given and smaller) random points of it."""
-    from spikelight.datamodules.pc_transforms import PointCloudTransform
+    from spikelight.datamodules.pointcloud.transforms import PointCloudTransform
 
     if OWL.is_file():
         from spikelight.datamodules.pointcloud import load_point_cloud
@@ -124,11 +123,11 @@ def load_cloud(num_points: int | None, seed: int = 0) -> tuple[torch.Tensor, str
     else:
         import numpy as np
 
-        from spikelight.datamodules.synthetic3d import generate_sample
+        from spikelight.datamodules.pointcloud.synthetic3d import generate_sample
 
         out = generate_sample("chair", np.random.default_rng(seed), num_points=10000, image_size=16)
         raw = torch.from_numpy(out["points"])
-        source = "procedural chair (spikelight.datamodules.synthetic3d; owl.ply not found), 10000 points"
+        source = "procedural chair (spikelight.datamodules.pointcloud.synthetic3d; owl.ply not found), 10000 points"
     n = None if num_points is None or num_points >= raw.shape[0] else num_points
     gen = torch.Generator().manual_seed(seed)
     cloud = PointCloudTransform(num_points=n, sampling="random", normalize=True)(raw, generator=gen)
@@ -138,7 +137,7 @@ def load_cloud(num_points: int | None, seed: int = 0) -> tuple[torch.Tensor, str
 def augmented_copies(cloud: torch.Tensor, n: int, seed: int = 1) -> torch.Tensor:
     """``[n, M, 6]``: copies of ``cloud`` with a random rotation about the up axis, rotation jitter and
     scale/shift (no point dropout, no colour drop: same density as the measured input)."""
-    from spikelight.datamodules.pc_transforms import PointCloudTransform
+    from spikelight.datamodules.pointcloud.transforms import PointCloudTransform
 
     aug = PointCloudTransform(num_points=None, normalize=False, augment=True, dropout_max=0.0, rgb_drop_p=0.0)
     gen = torch.Generator().manual_seed(seed)
@@ -269,7 +268,7 @@ def pretrain_and_measure(
     embedded synthetic triplets, on the same input ``x``."""
     from _common import demo_svl_config
 
-    from spikelight.datamodules.synthetic3d import Synthetic3DDataModule
+    from spikelight.datamodules.pointcloud.synthetic3d import Synthetic3DDataModule
     from spikelight.tasks.svl_pretrain import SVLPretrain
 
     demo = demo_svl_config()

@@ -69,7 +69,7 @@ def class_names(k: int = 40) -> tuple[list[str], str]:
 def query_points(batch: int, num_points: int, seed: int = 0) -> tuple[torch.Tensor, str]:
     """``[batch, num_points, 6]`` unit-sphere clouds: the shared real ModelNet40 shapes (cycled, random
     subsets, rgb 0.4) if present, else procedural synthetic objects."""
-    from spikelight.datamodules.pc_transforms import PointCloudTransform
+    from spikelight.datamodules.pointcloud.transforms import PointCloudTransform
 
     tf = PointCloudTransform(num_points=num_points, sampling="random", normalize=True)
     gen = torch.Generator().manual_seed(seed)
@@ -82,7 +82,7 @@ def query_points(batch: int, num_points: int, seed: int = 0) -> tuple[torch.Tens
         return torch.stack(clouds), f"{len(files)} real ModelNet40 shapes from ../shared/data, cycled"
     import numpy as np
 
-    from spikelight.datamodules.synthetic3d import CATEGORIES, generate_sample
+    from spikelight.datamodules.pointcloud.synthetic3d import CATEGORIES, generate_sample
 
     cats = list(CATEGORIES)
     clouds = []

@@ -5,20 +5,58 @@ Every DataModule yields batches as ``dict``s with stable keys, used everywhere i
 =============  ==============================================================================
 key            meaning
 =============  ==============================================================================
-``points``     float32 ``[B, N, 6]`` point cloud: xyz (unit sphere) + rgb in [0, 1] (0.4 if absent);
-               DVS events as points: ``[B, T, N, 3]`` (x, y, normalised time in [0, 1])
-``image``      float32 ``[B, 3, H, W]``: a rendered view / photo (in [0, 1] or normalised, per module)
-``text``       ``list[str]``: one caption per sample
-``image_feat`` float32 ``[B, D]``: precomputed CLIP image features (OpenShape style)
-``text_feat``  float32 ``[B, D]``: precomputed CLIP text features
-``label``      int64 ``[B]``: class index
+``points``     float32 ``[B, N, 6]`` point cloud: xyz (unit sphere) + rgb in [0, 1] (0.4 if absent)
+               (point-cloud and synthetic 3D DataModules); DVS events as points (``EventDataModule``
+               with ``representation="points"``): ``[B, T, N, 3|4]`` (x, y, normalised time [, polarity])
+``image``      float32 ``[B, 3, H, W]``: a rendered view in [0, 1] (point-cloud triplets) or a normalised
+               photo / drawing (``ImageNetDataModule``, ``SyntheticImageDataModule``)
+``text``       ``list[str]``: one caption per sample (evaluation sets: a prompt with the class name)
+``image_feat`` float32 ``[B, D]``: precomputed CLIP image features (``OpenShapeTripletDataModule``)
+``text_feat``  float32 ``[B, D]``: precomputed CLIP text features (``OpenShapeTripletDataModule``)
+``label``      int64 ``[B]``: class index (-1: unknown)
 ``events``     DVS event frames float32 ``[B, T, 2, H, W]`` (channel 0 OFF, 1 ON)
-``frames``     video frames ``[B, M, 3, H, W]``
-``question``   ``list[str]``; ``answer``: ``list[str]`` or int64 ``[B]`` (multiple choice)
-``x``          float32 ``[B, F]`` features of the toy experiment
+``x``          float32 ``[B, F]`` features of the toy experiment (``ToyDataModule``)
 =============  ==============================================================================
 
-Modules: ``synthetic`` (toy), ``synthetic3d`` (procedural 3D triplets), ``pointcloud`` (ModelNet40,
-ScanObjectNN, ShapeNet-55/ULIP, OpenShape), ``images`` (ImageNet, synthetic shapes), ``events``
-(DVS128 Gesture, N-MNIST, N-CARS, AEDAT; synthetic DVS).
+Modules: ``base`` (``SpikelightDataModule``: the shared loaders and per-rank batch size; ``EvalSet``: the
+evaluation-set contract; ``batch_size_of``; ``collate_dict``), ``synthetic`` (toy), ``pointcloud/``
+(ModelNet40, ScanObjectNN, ShapeNet-55/ULIP, OpenShape, procedural 3D triplets), ``images/`` (ImageNet,
+synthetic shapes), ``events/`` (DVS128 Gesture, N-MNIST / N-CARS / AEDAT readers; synthetic DVS).
+Every DataModule is importable from here (loaded on first use).
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from spikelight.datamodules.base import EvalSet, SpikelightDataModule, batch_size_of, collate_dict
+
+_LAZY = {
+    "ToyDataModule": "synthetic",
+    "ModelNet40DataModule": "pointcloud",
+    "ScanObjectNNDataModule": "pointcloud",
+    "ShapeNet55TripletDataModule": "pointcloud",
+    "OpenShapeTripletDataModule": "pointcloud",
+    "Synthetic3DDataModule": "pointcloud",
+    "PointCloudDataModule": "pointcloud",
+    "ImageNetDataModule": "images",
+    "SyntheticImageDataModule": "images",
+    "DVSGestureDataModule": "events",
+    "SyntheticDVSDataModule": "events",
+    "EventDataModule": "events",
+}
+
+__all__ = ["EvalSet", "SpikelightDataModule", "batch_size_of", "collate_dict", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"spikelight.datamodules.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'spikelight.datamodules' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

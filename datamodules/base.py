@@ -6,17 +6,26 @@
   (``dataloader_idx`` = position in the list).
 * :func:`batch_size_of`: the number of samples of a batch (the one definition used by tasks,
   callbacks and benchmarks).
+* :func:`collate_dict`: stacks per-sample dicts into the batch convention (tensors stacked, strings listed).
+* :class:`SpikelightDataModule`: the dataloader plumbing every DataModule shares (train / val / test /
+  predict loaders, per-rank batch size, workers, pinned memory, collate). A subclass builds its datasets
+  in ``setup`` and stores them in ``train_set``, ``val_set`` (one dataset, or a ``{name: dataset}`` dict
+  for modules evaluated per set) and optionally ``test_set`` / ``predict_set``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import lightning.pytorch as pl
+import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["EvalSet", "batch_size_of"]
+__all__ = ["EvalSet", "batch_size_of", "collate_dict", "SpikelightDataModule"]
 
 
 @dataclass(frozen=True)
@@ -72,3 +81,142 @@ def batch_size_of(batch: Any) -> int:
         if isinstance(v, (list, tuple)) and v and not isinstance(v[0], (list, tuple, dict)):
             return len(v)
     return 1
+
+
+def collate_dict(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack per-sample dicts into the batch convention (tensors / arrays stacked on a new dim 0, ints into
+    an int64 tensor, floats into float32, anything else (strings) into lists). All samples share keys."""
+    if not samples:
+        raise ValueError("collate_dict: empty batch")
+    out: dict[str, Any] = {}
+    for k in samples[0]:
+        vals = [s[k] for s in samples]
+        v0 = vals[0]
+        if torch.is_tensor(v0):
+            out[k] = torch.stack(vals, 0)
+        elif isinstance(v0, np.ndarray):
+            out[k] = torch.from_numpy(np.stack(vals, 0))
+        elif isinstance(v0, bool | int | np.integer):
+            out[k] = torch.as_tensor(vals, dtype=torch.int64)
+        elif isinstance(v0, float | np.floating):
+            out[k] = torch.as_tensor(vals, dtype=torch.float32)
+        else:
+            out[k] = list(vals)
+    if "label" in out:
+        out["label"] = out["label"].long()
+    return out
+
+
+EvalData = Dataset | Mapping[str, Dataset]
+
+
+class SpikelightDataModule(pl.LightningDataModule):
+    """Dataloader plumbing shared by every spikelight DataModule.
+
+    Subclasses build datasets in ``setup(stage)`` into ``train_set``, ``val_set`` (a dataset, or a
+    ``{name: dataset}`` dict: ``val_dataloader()`` then returns one loader per set, in dict order, and
+    :meth:`eval_sets` names them), ``test_set`` (default: ``val_set``) and ``predict_set`` (default: the
+    test data). A loader method calls ``setup`` when its dataset is missing.
+
+    Args:
+        batch_size: samples per device (per rank). ``None``: ``global_batch_size`` divided over
+            ``world_size * accumulate_grad_batches`` of the attached trainer (see :meth:`resolve_batch_size`).
+        global_batch_size: the recipe's batch over all devices and accumulation steps.
+        num_workers: DataLoader workers per device (persistent when > 0, unless ``persistent_workers``).
+        pin_memory: pin host memory; ``None``: when CUDA is available.
+        drop_last: drop the last incomplete *training* batch (kept when the set is smaller than a batch).
+    """
+
+    #: per-sample dicts -> batch; ``None`` = torch's default collate
+    collate_fn: Callable[[Sequence[Any]], Any] | None = None
+    #: prompt templates of the evaluation sets (``()``: the task's default)
+    prompt_templates: Sequence[str] = ()
+
+    def __init__(self, *, batch_size: int | None = 32, global_batch_size: int | None = None, num_workers: int = 0,
+                 pin_memory: bool | None = False, persistent_workers: bool | None = None,
+                 drop_last: bool = False) -> None:
+        super().__init__()
+        if batch_size is None and global_batch_size is None:
+            raise ValueError("set global_batch_size (the recipe's batch over all devices) or batch_size (per device)")
+        for name, v in (("global_batch_size", global_batch_size), ("batch_size", batch_size)):
+            if v is not None and int(v) <= 0:
+                raise ValueError(f"{name} must be positive, got {v}")
+        self.batch_size = None if batch_size is None else int(batch_size)
+        self.global_batch_size = None if global_batch_size is None else int(global_batch_size)
+        self.num_workers = int(num_workers)
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
+        self.persistent_workers = self.num_workers > 0 if persistent_workers is None else bool(persistent_workers)
+        self.drop_last = bool(drop_last)
+        self.per_device_batch_size: int | None = None  # a subclass may fix it in setup (resolve_batch_size)
+        self.train_set: Dataset | None = None
+        self.val_set: EvalData | None = None
+        self.test_set: EvalData | None = None
+        self.predict_set: EvalData | None = None
+
+    # -- batch size -----------------------------------------------------------------------------------
+    def resolve_batch_size(self) -> int:
+        """Per-device batch: ``batch_size`` when given, else ``global_batch_size // (world_size * accumulate)``
+        of the attached trainer (1 and 1 without one); the division must be exact (ValueError)."""
+        trainer = self.trainer
+        world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
+        accum = int(getattr(trainer, "accumulate_grad_batches", 1) or 1) if trainer is not None else 1
+        if self.batch_size is not None:
+            bs = self.batch_size
+            if self.global_batch_size is not None and bs * world * accum != self.global_batch_size:
+                warnings.warn(f"batch_size={bs} per device overrides global_batch_size={self.global_batch_size} "
+                              f"(effective global batch {bs * world * accum} = {bs} x {world} devices x {accum} "
+                              "accumulation)", stacklevel=2)
+            return bs
+        denom = world * accum
+        if self.global_batch_size % denom != 0:
+            raise ValueError(f"global_batch_size={self.global_batch_size} is not divisible by world_size={world} x "
+                             f"accumulate_grad_batches={accum}; choose a multiple of {denom} or set batch_size")
+        return self.global_batch_size // denom
+
+    # -- loaders --------------------------------------------------------------------------------------
+    def prepare_dataset(self, ds: Dataset) -> None:
+        """Hook called on a dataset right before a DataLoader is built for it (e.g. render a cache once)."""
+
+    def make_loader(self, ds: Dataset, *, train: bool) -> DataLoader:
+        """The DataLoader of ``ds`` (shuffled, and with ``drop_last`` when ``train``)."""
+        self.prepare_dataset(ds)
+        bs = self.per_device_batch_size or self.resolve_batch_size()
+        return DataLoader(ds, batch_size=bs, shuffle=train, drop_last=train and self.drop_last and len(ds) >= bs,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.persistent_workers, collate_fn=self.collate_fn)
+
+    def _data(self, attr: str, stage: str) -> Any:
+        if getattr(self, attr) is None:
+            self.setup(stage)
+        data = getattr(self, attr)
+        if data is None:
+            raise RuntimeError(f"{type(self).__name__} has no {attr.removesuffix('_set')} data configured")
+        return data
+
+    def _loaders(self, data: EvalData) -> DataLoader | list[DataLoader]:
+        if isinstance(data, Mapping):
+            return [self.make_loader(ds, train=False) for ds in data.values()]
+        return self.make_loader(data, train=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self.make_loader(self._data("train_set", "fit"), train=True)
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        return self._loaders(self._data("val_set", "validate"))
+
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        return self._loaders(self.test_set if self.test_set is not None else self._data("val_set", "test"))
+
+    def predict_dataloader(self) -> DataLoader | list[DataLoader]:
+        if self.predict_set is not None:
+            return self._loaders(self.predict_set)
+        return self.test_dataloader()
+
+    # -- evaluation sets ------------------------------------------------------------------------------
+    def eval_sets(self) -> list[EvalSet]:
+        """The evaluation sets, aligned with ``val_dataloader()``: one per named set of a ``{name: dataset}``
+        ``val_set`` (class names from the dataset), else one set ``"val"`` with this module's ``class_names``."""
+        data = self._data("val_set", "validate")
+        if isinstance(data, Mapping):
+            return [EvalSet(name, ds.class_names, self.prompt_templates) for name, ds in data.items()]
+        return [EvalSet("val", self.class_names, self.prompt_templates)]

@@ -5,9 +5,10 @@ Deterministic by ``seed``; no files. Batches: ``{"x": float32 [B, F], "label": i
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+
+from spikelight.datamodules.base import SpikelightDataModule
 
 
 class _TensorDictDataset(Dataset):
@@ -32,13 +33,13 @@ def make_blobs(*, n: int, num_features: int, num_classes: int, noise: float, see
     return x.float(), y.long()
 
 
-class ToyDataModule(pl.LightningDataModule):
+class ToyDataModule(SpikelightDataModule):
     """Gaussian-cluster classification (``num_classes`` clusters in ``num_features`` dims)."""
 
     def __init__(self, *, num_features: int = 16, num_classes: int = 4, train_size: int = 1024,
                  val_size: int = 256, noise: float = 1.0, batch_size: int = 32, num_workers: int = 0,
                  seed: int = 0) -> None:
-        super().__init__()
+        super().__init__(batch_size=batch_size, num_workers=num_workers)
         if train_size <= 0 or val_size <= 0:
             raise ValueError(f"train_size and val_size must be positive, got {train_size}, {val_size}")
         self.save_hyperparameters()
@@ -51,19 +52,3 @@ class ToyDataModule(pl.LightningDataModule):
                                                         num_classes=h.num_classes, noise=h.noise, seed=h.seed))
         self.val_set = _TensorDictDataset(*make_blobs(n=h.val_size, num_features=h.num_features,
                                                       num_classes=h.num_classes, noise=h.noise, seed=h.seed + 1))
-
-    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=self.hparams.batch_size, shuffle=shuffle,
-                          num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, False)

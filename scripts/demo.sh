@@ -61,7 +61,7 @@ energy = json.loads((run / "energy.json").read_text()) if (run / "energy.json").
 
 # the deploy model on the held-out objects, loaded without any text tower
 from spikelight.deploy import load_deploy
-from spikelight.datamodules.synthetic3d import Synthetic3DDataModule
+from spikelight.datamodules.pointcloud import Synthetic3DDataModule
 
 cfg = yaml.safe_load((run / "config.yaml").read_text())
 dm = Synthetic3DDataModule(**{**cfg["data"]["init_args"], "progress": False})

@@ -1,4 +1,4 @@
-"""Point-cloud formats, transforms and DataModules (spikelight.datamodules.pointcloud / pc_transforms)."""
+"""Point-cloud formats, transforms and DataModules (spikelight.datamodules.pointcloud)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from spikelight.datamodules.pc_transforms import (
+from spikelight.datamodules.pointcloud.transforms import (
     PointCloudTransform,
     farthest_point_sample,
     normalize_unit_sphere,
@@ -42,6 +42,7 @@ from spikelight.datamodules.pointcloud import (
     load_templates,
     read_h5_pointclouds,
     read_modelnet_txt,
+    read_modelnet_txt_cached,
     read_off,
     read_ply,
     sample_mesh_surface,
@@ -83,8 +84,9 @@ def test_fps_matches_reference_and_batches():
         assert len(set(idx[b].tolist())) == 40
     # extra channels are ignored
     assert torch.equal(farthest_point_sample(torch.cat([xyz, torch.rand(3, 300, 3)], -1), 40), idx)
-    with pytest.raises(ValueError):
-        farthest_point_sample(xyz, 301)
+    # more samples than points: every point once (FPS order), then repeats of distance-0 points
+    more = farthest_point_sample(xyz[:1, :10], 12)[0].tolist()
+    assert sorted(more[:10]) == list(range(10)) and set(more[10:]) <= set(range(10))
 
 
 def test_fps_picks_spread_points():
@@ -100,8 +102,8 @@ def test_fps_picks_spread_points():
         return d.min().item()
 
     assert min_pair(fps) > 3 * min_pair(rnd)
-    r_start = farthest_point_sample(xyz, 8, random_start=True, generator=_gen(5))
-    assert torch.equal(r_start, farthest_point_sample(xyz, 8, random_start=True, generator=_gen(5)))
+    r_start = farthest_point_sample(xyz, 8, start=None, generator=_gen(5))
+    assert torch.equal(r_start, farthest_point_sample(xyz, 8, start=None, generator=_gen(5)))
 
 
 def test_sample_points_counts():
@@ -251,7 +253,7 @@ def test_modelnet_txt_roundtrip(tmp_path):
     assert torch.allclose(s["points"][:, 3:], torch.full((32, 3), 0.4))
     assert ds[1]["label"].item() == 0
     # deterministic evaluation transform: samples are memoised after the first read
-    assert ds.memoize and set(ds._memo) == {0, 1}
+    assert ds.memoize
     assert torch.equal(ds[0]["points"], s["points"])
     (tmp_path / "modelnet40_normal_resampled" / "night_stand" / "night_stand_0100.txt").unlink()
     assert torch.equal(ds[0]["points"], s["points"])  # served from memory
@@ -340,7 +342,8 @@ def test_off_quirks_and_area_weighted_sampling(tmp_path):
     # quads are fan-triangulated
     q = tmp_path / "quad.off"
     q.write_text("OFF\n4 1 0\n0 0 0\n1 0 0\n1 1 0\n0 1 0\n4 0 1 2 3\n")
-    assert read_off(q)[1].tolist() == [[0, 1, 2], [0, 2, 3]]
+    tris = read_off(q)[1]  # two triangles covering the quad
+    assert tris.shape == (2, 3) and sorted(sorted(t) for t in tris.tolist()) == [[0, 1, 2], [0, 2, 3]]
 
 
 def test_templates_labels_taxonomy(tmp_path):
@@ -519,17 +522,14 @@ def test_shapenet55_triplets(tmp_path):
 def _make_openshape(root: Path, D=8) -> None:
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(5)
-    np.save(
-        root / "u1.npy",
-        {
-            "xyz": rng.normal(size=(50, 3)).astype(np.float32),
-            "rgb": rng.integers(0, 256, (50, 3)).astype(np.uint8),
-            "image_feat": np.arange(3 * D, dtype=np.float32).reshape(3, D),
-            "text_feat": -np.arange(2 * D, dtype=np.float32).reshape(2, D),
-            "text": ["a wooden chair", "a chair"],
-            "label": 1,
-        },
-        allow_pickle=True,
+    np.savez(
+        root / "u1.npz",
+        xyz=rng.normal(size=(50, 3)).astype(np.float32),
+        rgb=rng.integers(0, 256, (50, 3)).astype(np.uint8),
+        image_feat=np.arange(3 * D, dtype=np.float32).reshape(3, D),
+        text_feat=-np.arange(2 * D, dtype=np.float32).reshape(2, D),
+        text=np.array(["a wooden chair", "a chair"]),
+        label=1,
     )
     (root / "sub").mkdir(exist_ok=True)
     np.savez(
@@ -575,6 +575,28 @@ def test_openshape_triplets(tmp_path):
     assert len(all_) == 3
 
 
+class _RunsCode:
+    """Unpickling this object would call os.system: a data file must never be unpickled."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED",))
+
+
+def test_openshape_refuses_pickled_records(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _make_openshape(tmp_path / "os")
+    np.save(tmp_path / "os" / "evil.npy", np.array([{"xyz": _RunsCode()}], dtype=object), allow_pickle=True)
+    (tmp_path / "os" / "evil.txt").write_text("evil\n")
+    ds = OpenShapeTripletDataset(root=tmp_path / "os", split="evil", augment=False)
+    with pytest.raises(ValueError, match=r"evil\.npy.*pickle"):
+        ds[0]
+    with pytest.raises(ValueError, match=r"evil\.npy.*pickle"):
+        load_point_cloud(tmp_path / "os" / "evil.npy")
+    assert not (tmp_path / "PWNED").exists()
+
+
 # ----------------------------------------------------------------------------------------------------
 # collate + DataModules
 # ----------------------------------------------------------------------------------------------------
@@ -610,7 +632,7 @@ def test_modelnet40_datamodule(tmp_path):
     )
     dm = ModelNet40DataModule(data_dir=tmp_path, num_points=32, batch_size=2)
     assert dm.class_names == ["bed", "flower pot"]
-    assert dm.val_sets == [{"name": "modelnet40", "class_names": ["bed", "flower pot"]}]
+    assert [(e.name, list(e.class_names)) for e in dm.eval_sets()] == [("modelnet40", ["bed", "flower pot"])]
     loaders = dm.val_dataloader()
     assert len(loaders) == 1
     _check_batch(next(iter(loaders[0])), 32)
@@ -660,10 +682,7 @@ def test_triplet_datamodules_with_zero_shot_sets(tmp_path):
     )
     dm.setup("fit")
     _check_batch(next(iter(dm.train_dataloader())), 48, image=24)
-    names = [s["name"] for s in dm.val_sets]
-    assert names == ["modelnet40", "shapenet55"]
-    assert dm.val_sets[0]["class_names"] == ["chair", "lamp"] and dm.class_names == ["chair", "lamp"]
-    assert dm.val_sets[1]["class_names"] == ["airplane", "chair"]
+    assert dm.class_names == ["chair", "lamp"]
     sets = dm.eval_sets()  # the typed contract, aligned with val_dataloader()
     assert [(s.name, list(s.class_names)) for s in sets] == [
         ("modelnet40", ["chair", "lamp"]), ("shapenet55", ["airplane", "chair"])]
@@ -680,7 +699,7 @@ def test_triplet_datamodules_with_zero_shot_sets(tmp_path):
     )
     odm.setup("fit")
     _check_batch(next(iter(odm.train_dataloader())), 30, feat=8)
-    assert odm.val_sets == [{"name": "modelnet40", "class_names": ["chair", "lamp"]}]
+    assert [(e.name, list(e.class_names)) for e in odm.eval_sets()] == [("modelnet40", ["chair", "lamp"])]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -771,32 +790,26 @@ def test_real_ulip_metadata():
     assert synsets == set(tax)
 
 
-def test_modelnet_txt_npy_cache_reuses_invalidates_and_repairs(tmp_path, monkeypatch):
-    import spikelight.datamodules.pointcloud as pc
-
+def test_modelnet_txt_npy_cache_reuses_invalidates_and_repairs(tmp_path):
     f = tmp_path / "chair_0001.txt"
     pts = np.arange(30, dtype=np.float32).reshape(5, 6) / 10
     f.write_text("\n".join(",".join(f"{v:.6f}" for v in row) for row in pts) + "\n")
     cache = tmp_path / "cache"
-    first = pc.read_modelnet_txt_cached(f, cache)
+    first = read_modelnet_txt_cached(f, cache)
     np.testing.assert_allclose(first, pts, atol=1e-6)
-    assert len(list(cache.glob("chair_0001-*.npy"))) == 1
+    (entry,) = cache.glob("chair_0001-*.npy")
 
-    calls = []
-    real = pc.read_modelnet_txt
-    monkeypatch.setattr(pc, "read_modelnet_txt", lambda p: calls.append(p) or real(p))
-    np.testing.assert_array_equal(pc.read_modelnet_txt_cached(f, cache), first)
-    assert calls == []  # served from the .npy, no parsing
+    # a second read is served from the .npy, not parsed: a marker written into the cache comes back
+    marker = np.full((5, 6), 7.0, np.float32)
+    np.save(entry, marker)
+    np.testing.assert_array_equal(read_modelnet_txt_cached(f, cache), marker)
 
-    # an edited file gets a new key and is parsed again
+    # an edited file gets a new key and is parsed again (a second cache entry)
     f.write_text("\n".join(",".join(f"{v + 1:.6f}" for v in row) for row in pts) + "\n")
-    np.testing.assert_allclose(pc.read_modelnet_txt_cached(f, cache), pts + 1, atol=1e-6)
-    assert len(calls) == 1
+    np.testing.assert_allclose(read_modelnet_txt_cached(f, cache), pts + 1, atol=1e-6)
+    (entry2,) = set(cache.glob("chair_0001-*.npy")) - {entry}
 
-    # a damaged cache file is ignored and rewritten
-    for c in cache.glob("*.npy"):
-        c.write_bytes(b"garbage")
-    np.testing.assert_allclose(pc.read_modelnet_txt_cached(f, cache), pts + 1, atol=1e-6)
-    assert len(calls) == 2
-    np.testing.assert_allclose(pc.read_modelnet_txt_cached(f, cache), pts + 1, atol=1e-6)
-    assert len(calls) == 2
+    # a damaged cache file is ignored and rewritten with the parsed array
+    entry2.write_bytes(b"garbage")
+    np.testing.assert_allclose(read_modelnet_txt_cached(f, cache), pts + 1, atol=1e-6)
+    np.testing.assert_allclose(np.load(entry2), pts + 1, atol=1e-6)

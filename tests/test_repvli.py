@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from spikelight.datamodules.synthetic3d import Synthetic3DDataModule
+from spikelight.datamodules.pointcloud import Synthetic3DDataModule
 from spikelight.deploy import RepVLIClassifier, load_deploy
 from spikelight.tasks.svl_pretrain import SVLPretrain
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import Trainer
 
-from spikelight.datamodules.synthetic3d import Synthetic3DDataModule
+from spikelight.datamodules.pointcloud import Synthetic3DDataModule
 from spikelight.tasks.svl_pretrain import SVLPretrain
 
 CATS = ["box", "sphere", "cone", "torus", "chair", "table", "mug", "bench"]
@@ -134,7 +134,7 @@ def test_fit_logs_and_zero_shot_uses_only_heldout_data(dm, tmp_path):
     assert torch.isfinite(m["train/loss"])
 
     # validation saw exactly the held-out sets, in order, and none of their clouds is a training cloud
-    val_sets = dict(dm._val)
+    val_sets = dm.val_set
     n_obj, n_cat = len(val_sets["val_objects"]), len(val_sets["val_categories"])
     last_epoch = seen[-(len(seen) // 2) :]
     got_obj = torch.cat([p for i, p, _ in last_epoch if i == 0])

@@ -1,4 +1,4 @@
-"""Procedural 3D triplets (spikelight.datamodules.synthetic3d)."""
+"""Procedural 3D triplets (spikelight.datamodules.pointcloud.synthetic3d)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-import spikelight.datamodules.synthetic3d as s3d
-from spikelight.datamodules.synthetic3d import (
+from spikelight.datamodules.pointcloud.synthetic3d import (
+    CAPTION_TEMPLATES,
     CATEGORIES,
     COLOURS,
     DEFAULT_HELDOUT,
@@ -46,7 +46,7 @@ def test_captions_articles():
     assert make_caption("red", "chair") == "a red chair"
     assert make_caption("orange", "box") == "an orange box"
     assert make_caption("blue", "airplane", "{a_n} {n} painted {c}") == "an airplane painted blue"
-    for t in range(len(s3d.CAPTION_TEMPLATES)):
+    for t in range(len(CAPTION_TEMPLATES)):
         c = make_caption("green", "mug", t)
         assert "green" in c and "mug" in c
 
@@ -168,30 +168,31 @@ def test_datamodule_batches_follow_convention(dm):
         assert dm.train_class_names[lab] in t
         assert any(c in t.split() or c + "," in t for c in COLOURS)
     loaders = dm.val_dataloader()
-    assert [s["name"] for s in dm.val_sets] == ["val_objects", "val_categories"]
-    assert len(loaders) == len(dm.val_sets) == 2
-    for ld, vs in zip(loaders, dm.val_sets):
+    sets = dm.eval_sets()
+    assert [s.name for s in sets] == ["val_objects", "val_categories"]
+    assert len(loaders) == len(sets) == 2
+    for ld, vs in zip(loaders, sets):
         vb = next(iter(ld))
-        assert vb["label"].max() < len(vs["class_names"])
-        assert [vs["class_names"][i] in t for i, t in zip(vb["label"], vb["text"])] == [True] * len(
-            vb["text"]
-        )
+        assert vb["label"].max() < vs.num_classes
+        assert [vs.class_names[i] in t for i, t in zip(vb["label"], vb["text"])] == [True] * len(vb["text"])
+        assert list(vs.prompt_templates) == dm.prompt_templates
         # no augmentation in validation: points lie in the unit sphere
         assert vb["points"][..., :3].norm(dim=-1).amax().item() <= 1 + 1e-5
     assert dm.class_names == dm.train_class_names
     assert all("{}" in t for t in dm.prompt_templates)
 
 
-def test_cache_reused_and_keyed_by_params(dm, monkeypatch):
+def test_cache_reused_and_keyed_by_params(dm):
     assert dm.is_cached() and dm.cache_path.parent.exists()
-
-    def boom(*a, **k):
-        raise AssertionError("regenerated although cached")
-
-    monkeypatch.setattr(s3d, "generate_split", boom)
+    files = sorted(dm.cache_path.glob("*.npz"))
+    mtimes = [f.stat().st_mtime_ns for f in files]
     again = Synthetic3DDataModule(cache_dir=dm.cache_path.parent, **TINY)
     assert again.cache_path == dm.cache_path
+    again.prepare_data()
     again.setup("fit")
+    # nothing regenerated: the same cache files, untouched, and no other folder next to them
+    assert [f.stat().st_mtime_ns for f in files] == mtimes
+    assert [p for p in dm.cache_path.parent.iterdir()] == [dm.cache_path]
     for split in ("train", "val_objects", "val_categories"):
         for k, v in dm.load_arrays()[split].items():
             assert np.array_equal(again.load_arrays()[split][k], v)
@@ -206,7 +207,7 @@ def test_default_cache_location(monkeypatch, tmp_path):
 
 
 def test_train_augmentation_deterministic_with_generator(dm):
-    ds = dm._train
+    ds = dm.train_set
     ds.generator = torch.Generator().manual_seed(0)
     a = ds[3]
     ds.generator = torch.Generator().manual_seed(0)

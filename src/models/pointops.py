@@ -14,14 +14,17 @@ __all__ = ["farthest_point_sample", "group_points", "index_points", "knn", "knn_
 
 
 @torch.no_grad()
-def farthest_point_sample(xyz: Tensor, npoint: int, *, start: Tensor | int | None = 0) -> Tensor:
-    """Farthest point sampling.
+def farthest_point_sample(
+    xyz: Tensor, npoint: int, *, start: Tensor | int | None = 0, generator: torch.Generator | None = None
+) -> Tensor:
+    """Farthest point sampling (the one implementation of spikelight: models and data transforms use it).
 
     Args:
         xyz: ``[B, N, 3]`` coordinates (only the first 3 channels are used).
         npoint: number of samples ``S``. If ``S > N`` the sequence continues by re-picking the
             points at distance 0 (FPS order is kept, so indices repeat).
-        start: index of the first sample (int or ``[B]``); ``None`` draws it at random.
+        start: index of the first sample (int or ``[B]``); ``None`` draws it at random (``generator``).
+        generator: RNG for ``start=None``.
 
     Returns:
         ``[B, S]`` int64 indices: ``idx[:, 0] = start`` and each next index maximises the distance
@@ -32,23 +35,34 @@ def farthest_point_sample(xyz: Tensor, npoint: int, *, start: Tensor | int | Non
     B, N, _ = xyz.shape
     if N == 0:
         raise ValueError("farthest_point_sample: the point cloud is empty")
-    pts = xyz[..., :3].float()
     device = xyz.device
-    out = torch.empty(B, npoint, dtype=torch.long, device=device)
     if start is None:
-        cur = torch.randint(0, N, (B,), device=device)
+        cur = torch.randint(0, N, (B,), generator=generator).to(device)
     elif isinstance(start, int):
         cur = torch.full((B,), start, dtype=torch.long, device=device)
     else:
         cur = start.to(device=device, dtype=torch.long).expand(B).clone()
-    dist = torch.full((B, N), float("inf"), device=device)
-    ar = torch.arange(B, device=device)
+    # coordinate-major layout [3, B, N]: the inner step is a few in-place element-wise kernels
+    # (2-5x faster on CPU than ``((pts - c) ** 2).sum(-1)`` on [B, N, 3], same indices)
+    P = xyz[..., :3].float().permute(2, 0, 1).contiguous()
+    flat = P.reshape(3, B * N)
+    idx = torch.empty(npoint, B, dtype=torch.long, device=device)
+    min_d = torch.full((B, N), float("inf"), device=device)
+    d = torch.empty(B, N, device=device)
+    tmp = torch.empty(B, N, device=device)
+    offset = torch.arange(B, device=device) * N
     for i in range(npoint):
-        out[:, i] = cur
-        c = pts[ar, cur].unsqueeze(1)  # [B, 1, 3]
-        dist = torch.minimum(dist, ((pts - c) ** 2).sum(-1))
-        cur = dist.argmax(-1)
-    return out
+        idx[i] = cur
+        c = flat.index_select(1, offset + cur)  # [3, B] current centres
+        torch.sub(P[0], c[0, :, None], out=d)
+        d.square_()
+        torch.sub(P[1], c[1, :, None], out=tmp)
+        d.addcmul_(tmp, tmp)
+        torch.sub(P[2], c[2, :, None], out=tmp)
+        d.addcmul_(tmp, tmp)
+        torch.minimum(min_d, d, out=min_d)
+        cur = min_d.argmax(-1)
+    return idx.T.contiguous()
 
 
 def index_points(points: Tensor, idx: Tensor) -> Tensor:

@@ -4,7 +4,7 @@ Layouts
 -------
 * a single cloud is a tensor ``[M, C]`` with ``C >= 3``: columns ``0:3`` are xyz, columns ``3:6`` (when
   present) are rgb in ``[0, 1]``;
-* batched xyz for :func:`farthest_point_sample` is ``[B, N, 3]``.
+* batched xyz for :func:`farthest_point_sample` (``spikelight.models.pointops``, the one FPS) is ``[B, N, 3]``.
 
 Every random operation takes an optional ``torch.Generator``. With a seeded generator the result is
 reproducible; with ``None`` the global torch RNG is used (which Lightning's ``seed_everything`` and the
@@ -20,6 +20,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from spikelight.models.pointops import farthest_point_sample
 
 __all__ = [
     "RGB_DEFAULT",
@@ -43,60 +45,6 @@ def _rand(shape: Sequence[int] | int, generator: torch.Generator | None, device=
     if isinstance(shape, int):
         shape = (shape,)
     return torch.rand(*shape, generator=generator, device=device)
-
-
-@torch.no_grad()
-def farthest_point_sample(
-    xyz: Tensor,
-    n: int,
-    *,
-    random_start: bool = False,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Iterative farthest point sampling.
-
-    Args:
-        xyz: ``[B, N, 3]`` (extra trailing channels are ignored: only ``[..., :3]`` is used).
-        n: number of points to pick; ``n <= N``.
-        random_start: start from a random point per cloud (else from index 0, deterministic).
-        generator: RNG for ``random_start``.
-
-    Returns:
-        ``idx`` ``[B, n]`` int64: indices into ``N``. Each step picks the point whose distance to the
-        already-chosen set is largest; the inner step is vectorised over ``B`` and ``N``.
-    """
-    if xyz.dim() != 3:
-        raise ValueError(f"farthest_point_sample expects xyz [B, N, 3], got shape {tuple(xyz.shape)}")
-    B, N, _ = xyz.shape
-    if n > N:
-        raise ValueError(f"farthest_point_sample: cannot pick {n} points out of {N}")
-    device = xyz.device
-    if n == 0:
-        return torch.empty(B, 0, dtype=torch.long, device=device)
-    # coordinate-major layout [3, B, N]: the inner step is a few in-place element-wise kernels
-    P = xyz[..., :3].float().permute(2, 0, 1).contiguous()
-    flat = P.reshape(3, B * N)
-    idx = torch.empty(n, B, dtype=torch.long, device=device)
-    min_d = torch.full((B, N), float("inf"), device=device)
-    d = torch.empty(B, N, device=device)
-    tmp = torch.empty(B, N, device=device)
-    offset = torch.arange(B, device=device) * N
-    if random_start:
-        cur = torch.randint(0, N, (B,), generator=generator).to(device)
-    else:
-        cur = torch.zeros(B, dtype=torch.long, device=device)
-    for i in range(n):
-        idx[i] = cur
-        c = flat.index_select(1, offset + cur)  # [3, B] current centres
-        torch.sub(P[0], c[0, :, None], out=d)
-        d.square_()
-        torch.sub(P[1], c[1, :, None], out=tmp)
-        d.addcmul_(tmp, tmp)
-        torch.sub(P[2], c[2, :, None], out=tmp)
-        d.addcmul_(tmp, tmp)
-        torch.minimum(min_d, d, out=min_d)
-        cur = min_d.argmax(-1)
-    return idx.T.contiguous()
 
 
 def sample_points(

@@ -1,64 +1,19 @@
-"""Procedural 3D triplets (point cloud + rendered view + caption): SVL's embedded, download-free default.
-
-Every object is assembled from primitive triangle meshes (box, frustum / cylinder / cone, sphere patch,
-torus arc, pyramid, prism) with random proportions, a random yaw and a random named colour per object
-(some parts get a fixed material colour: wooden legs, black wheels, a brown trunk ...). From the mesh:
-
-* ``points``: ``num_points`` surface samples, area-weighted, xyz normalised to the unit sphere, rgb = the
-  albedo of the part the point lies on;
-* ``image``: a real rendering of the same mesh from a random view (azimuth, elevation 10-40 degrees):
-  dense area-weighted surface samples, orthographic projection fitted to the image, z-buffered splats,
-  two-sided Lambert shading from the face normals, white background;
-* ``text``: a caption from templates with the colour and category name ("a red chair",
-  "a photo of an orange airplane" ...).
-
-The y axis is up (as in ModelNet40 / ShapeNet). Generation is deterministic: sample ``k`` of category
-``c`` in split ``s`` uses ``numpy.random.default_rng([seed, s, c, k])``. The three splits are generated once
-(tqdm progress bar) and cached as ``.npz`` in ``cache_dir`` (default
-``~/.cache/spikelight/synthetic3d/<hash of the generation parameters>``); later instances load the cache.
-
-Splits: ``train`` (pretraining categories), ``val_objects`` (new objects of the pretraining categories)
-and ``val_categories`` (held-out categories, never seen in training).
+"""Procedural 3D objects for the synthetic triplets: primitive triangle meshes (box, frustum / cylinder /
+cone, sphere patch, torus arc, pyramid, prism) assembled by one builder per category with random
+proportions, a random yaw and a random named colour per object (some parts get a fixed material colour:
+wooden legs, black wheels, a brown trunk ...); area-weighted surface samples with normals and albedo, and
+a z-buffered splat renderer (two-sided Lambert shading, white background). The y axis is up.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import lru_cache
-from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
-from spikelight.datamodules.base import EvalSet
-from spikelight.datamodules.pc_transforms import PointCloudTransform
-from spikelight.datamodules.pointcloud import PROMPT_TEMPLATES, PointCloudDataModuleBase
-
-__all__ = [
-    "CATEGORIES",
-    "COLOURS",
-    "DEFAULT_HELDOUT",
-    "CAPTION_TEMPLATES",
-    "GENERATOR_VERSION",
-    "make_object",
-    "sample_object",
-    "render_points",
-    "generate_sample",
-    "make_caption",
-    "generate_split",
-    "Synthetic3DDataset",
-    "Synthetic3DDataModule",
-]
-
-GENERATOR_VERSION = 1
+__all__ = ["CATEGORIES", "COLOURS", "COLOUR_NAMES", "make_object", "sample_object", "render_points", "rotation"]
 
 #: named colours (linear-ish sRGB in [0, 1]); the caption uses the name
 COLOURS: dict[str, tuple[float, float, float]] = {
@@ -74,38 +29,11 @@ COLOURS: dict[str, tuple[float, float, float]] = {
     "black": (0.10, 0.10, 0.11),
     "cyan": (0.10, 0.74, 0.80),
 }
-_COLOUR_NAMES = list(COLOURS)
+COLOUR_NAMES = list(COLOURS)
 _WOOD = (0.55, 0.36, 0.18)
 _METAL = (0.62, 0.63, 0.66)
 _DARK = (0.12, 0.12, 0.13)
 _LIGHT = (0.90, 0.89, 0.86)
-
-#: caption templates; fields: {c} colour, {n} name, {a_c} / {a_n} the article for colour / name
-CAPTION_TEMPLATES: list[str] = [
-    "{a_c} {c} {n}",
-    "a photo of {a_c} {c} {n}",
-    "a 3D model of {a_c} {c} {n}",
-    "a rendering of {a_c} {c} {n}",
-    "{a_n} {n} painted {c}",
-    "a point cloud of {a_c} {c} {n}",
-    "{a_c} {c} {n} on a white background",
-    "a small {c} {n}",
-    "the {n}, in {c}",
-]
-
-#: default held-out ("unseen") categories for the val_categories split
-DEFAULT_HELDOUT: tuple[str, ...] = ("mug", "bench", "lamp", "sofa")
-
-
-def _article(word: str) -> str:
-    return "an" if word[:1].lower() in "aeiou" else "a"
-
-
-def make_caption(colour: str, name: str, template: int | str = 0) -> str:
-    """Caption for a ``colour`` ``name`` object from :data:`CAPTION_TEMPLATES` (index or a format string)."""
-    t = CAPTION_TEMPLATES[template] if isinstance(template, int) else template
-    return t.format(c=colour, n=name, a_c=_article(colour), a_n=_article(name))
-
 
 # ----------------------------------------------------------------------------------------------------
 # unit primitive meshes (y up, fitting in [-0.5, 0.5]^3 unless stated); cached, read-only
@@ -197,7 +125,7 @@ def _prism():
     return _frozen(v, f)
 
 
-def _rot(axis: str, angle: float) -> np.ndarray:
+def rotation(axis: str, angle: float) -> np.ndarray:
     c, s = math.cos(angle), math.sin(angle)
     if axis == "x":
         return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
@@ -206,8 +134,8 @@ def _rot(axis: str, angle: float) -> np.ndarray:
     return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
 
 
-_AX_X = _rot("z", -math.pi / 2)  # maps the primitives' y axis onto +x
-_AX_Z = _rot("x", math.pi / 2)  # maps the y axis onto +z
+_AX_X = rotation("z", -math.pi / 2)  # maps the primitives' y axis onto +x
+_AX_Z = rotation("x", math.pi / 2)  # maps the y axis onto +z
 
 
 class _Builder:
@@ -289,7 +217,7 @@ def _c_sphere(b: _Builder):
 
 def _torus_like(b: _Builder, tube: float):
     tilt = b.u(0, math.pi / 2) if b.rng.random() < 0.5 else 0.0
-    b.part(_torus(round(tube, 2)), (0.5, 0.5, 0.5), (0, 0, 0), rot=_rot("x", tilt))
+    b.part(_torus(round(tube, 2)), (0.5, 0.5, 0.5), (0, 0, 0), rot=rotation("x", tilt))
 
 
 def _c_torus(b: _Builder):
@@ -391,7 +319,7 @@ def _c_mug(b: _Builder):
     b.cyl(r, h, (0, h / 2, 0), caps=False, seg=28)
     b.cyl(r, 0.02, (0, 0.01, 0), seg=28)
     hr = h * b.u(0.22, 0.3)
-    b.part(_torus(0.18, math.pi * 1.1), (hr, hr, hr), (r + hr * 0.2, h * 0.5, 0), rot=_rot("x", math.pi / 2))
+    b.part(_torus(0.18, math.pi * 1.1), (hr, hr, hr), (r + hr * 0.2, h * 0.5, 0), rot=rotation("x", math.pi / 2))
 
 
 def _c_bowl(b: _Builder):
@@ -481,7 +409,7 @@ def _c_rocket(b: _Builder):
         a = 2 * math.pi * k / n
         fl = b.u(0.15, 0.25)
         b.box(
-            (fl, 0.3, 0.02), ((r + fl / 2) * math.cos(a), 0.25, (r + fl / 2) * math.sin(a)), fc, _rot("y", -a)
+            (fl, 0.3, 0.02), ((r + fl / 2) * math.cos(a), 0.25, (r + fl / 2) * math.sin(a)), fc, rotation("y", -a)
         )
 
 
@@ -540,11 +468,11 @@ def make_object(category: str, rng: np.random.Generator) -> tuple[np.ndarray, np
     colour name. A random yaw about y is applied."""
     if category not in CATEGORIES:
         raise KeyError(f"unknown synthetic category {category!r}; choose from {list(CATEGORIES)}")
-    cname = _COLOUR_NAMES[int(rng.integers(len(_COLOUR_NAMES)))]
+    cname = COLOUR_NAMES[int(rng.integers(len(COLOUR_NAMES)))]
     b = _Builder(rng, COLOURS[cname])
     CATEGORIES[category](b)
     v, f, col = b.mesh()
-    v = v @ _rot("y", float(rng.uniform(0, 2 * math.pi))).T
+    v = v @ rotation("y", float(rng.uniform(0, 2 * math.pi))).T
     return v, f, col, cname
 
 
@@ -585,7 +513,7 @@ def render_points(
     ``splat x splat`` pixel footprint; a z-buffer keeps the nearest sample per pixel. Shading: two-sided
     Lambert, ``ambient + (1 - ambient) * max(0, n . l)`` with a light above-left of the camera.
     """
-    R = (_rot("x", elevation) @ _rot("y", azimuth)).astype(np.float32)
+    R = (rotation("x", elevation) @ rotation("y", azimuth)).astype(np.float32)
     p = np.asarray(xyz, np.float32) @ R.T
     lo, hi = p[:, :2].min(0), p[:, :2].max(0)
     scale = fill * size / max(float((hi - lo).max()), 1e-9)
@@ -628,259 +556,3 @@ def render_points(
     hole = ((~covered.reshape(size, size)) & (nb >= 3)) | see_through
     img[hole] = nsum[hole] / nb[hole, None]
     return (img * 255 + 0.5).astype(np.uint8)
-
-
-def _normalise(xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    centre = xyz.mean(0)
-    r = float(np.linalg.norm(xyz - centre, axis=1).max())
-    return (xyz - centre) / max(r, 1e-9), centre, max(r, 1e-9)
-
-
-def generate_sample(
-    category: str,
-    rng: np.random.Generator,
-    *,
-    num_points: int,
-    image_size: int,
-    render_density: float = 2.0,
-) -> dict[str, Any]:
-    """One triplet: ``points`` float32 ``[num_points, 6]`` (unit sphere xyz + albedo rgb), ``image`` uint8
-    ``[image_size, image_size, 3]``, ``colour`` name."""
-    v, f, fc, cname = make_object(category, rng)
-    n_render = int(render_density * image_size * image_size)
-    xyz, nrm, alb = sample_object(v, f, fc, num_points + n_render, rng)
-    xyz_n, centre, r = _normalise(xyz[:num_points])
-    pts = np.concatenate([xyz_n, alb[:num_points]], 1).astype(np.float32)
-    az, el = float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(math.radians(10), math.radians(40)))
-    img = render_points((xyz[num_points:] - centre) / r, nrm[num_points:], alb[num_points:],
-                        size=image_size, azimuth=az, elevation=el)  # fmt: skip
-    return {"points": pts, "image": img, "colour": cname}
-
-
-def generate_split(
-    categories: Sequence[str],
-    per_class: int,
-    *,
-    split_id: int,
-    seed: int,
-    num_points: int,
-    image_size: int,
-    desc: str = "synthetic3d",
-    progress: bool = True,
-) -> dict[str, np.ndarray]:
-    """Generate ``per_class`` objects of each category. Returns arrays ``points [S, P, 6]`` float32,
-    ``images [S, H, W, 3]`` uint8, ``labels [S]`` (index into ``categories``), ``category [S]`` (index into
-    :data:`CATEGORIES`), ``colour [S]`` (index into :data:`COLOURS`)."""
-    from tqdm.auto import tqdm
-
-    all_names = list(CATEGORIES)
-    S = len(categories) * per_class
-    points = np.empty((S, num_points, 6), np.float32)
-    images = np.empty((S, image_size, image_size, 3), np.uint8)
-    labels = np.empty(S, np.int64)
-    cat = np.empty(S, np.int64)
-    colour = np.empty(S, np.int64)
-    jobs = [(li, name, k) for li, name in enumerate(categories) for k in range(per_class)]
-    for s, (li, name, k) in enumerate(tqdm(jobs, desc=desc, disable=not progress, leave=False)):
-        ci = all_names.index(name)
-        rng = np.random.default_rng([seed, split_id, ci, k])
-        out = generate_sample(name, rng, num_points=num_points, image_size=image_size)
-        points[s], images[s] = out["points"], out["image"]
-        labels[s], cat[s], colour[s] = li, ci, _COLOUR_NAMES.index(out["colour"])
-    return {"points": points, "images": images, "labels": labels, "category": cat, "colour": colour}
-
-
-# ----------------------------------------------------------------------------------------------------
-# dataset + DataModule
-# ----------------------------------------------------------------------------------------------------
-class Synthetic3DDataset(Dataset):
-    """One cached split. Items follow the batch convention: ``points [N, 6]``, ``image [3, H, W]`` float in
-    [0, 1], ``text`` (a random caption template when ``augment``, else template 0), ``label`` (index into
-    ``class_names``)."""
-
-    def __init__(
-        self,
-        arrays: dict[str, np.ndarray],
-        class_names: Sequence[str],
-        *,
-        augment: bool = False,
-        transform: Callable | None = None,
-    ) -> None:
-        self.points = arrays["points"]
-        self.images = arrays["images"]
-        self.labels = arrays["labels"]
-        self.colour = arrays["colour"]
-        self.class_names = list(class_names)
-        self.augment = augment
-        self.transform = transform or PointCloudTransform(num_points=None, normalize=True, augment=augment)
-        self.generator: torch.Generator | None = None
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def caption(self, i: int, template: int = 0) -> str:
-        return make_caption(
-            _COLOUR_NAMES[int(self.colour[i])], self.class_names[int(self.labels[i])], template
-        )
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        pts = self.transform(torch.from_numpy(self.points[i]), generator=self.generator)
-        img = torch.from_numpy(self.images[i]).permute(2, 0, 1).float().div_(255.0)
-        t = int(torch.randint(len(CAPTION_TEMPLATES), (1,), generator=self.generator)) if self.augment else 0
-        return {
-            "points": pts,
-            "image": img,
-            "text": self.caption(i, t),
-            "label": torch.tensor(int(self.labels[i])),
-        }
-
-
-class Synthetic3DDataModule(PointCloudDataModuleBase):
-    """Embedded SVL default: procedural 3D triplets (no download).
-
-    * ``train``: ``train_per_class`` objects of each pretraining category (all of ``categories`` except
-      ``heldout_categories``), augmented;
-    * ``val_objects``: ``val_per_class`` new objects of the pretraining categories (labels index
-      ``train_class_names``);
-    * ``val_categories``: ``val_per_class`` objects of the held-out categories (labels index
-      ``heldout_class_names``; zero-shot among the held-out names).
-
-    ``val_dataloader()`` returns ``[val_objects, val_categories]`` (``val_sets`` names them, in that order);
-    ``test_dataloader()`` the same. ``class_names`` is the first set's list. Data are generated on first use
-    (``prepare_data`` / ``setup``) and cached under ``cache_dir`` (default
-    ``~/.cache/spikelight/synthetic3d/<hash>``).
-    """
-
-    def __init__(
-        self,
-        *,
-        num_points: int = 1024,
-        image_size: int = 64,
-        train_per_class: int = 64,
-        val_per_class: int = 16,
-        heldout_categories: Sequence[str] = DEFAULT_HELDOUT,
-        categories: Sequence[str] | None = None,
-        seed: int = 0,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        cache_dir: str | Path | None = None,
-        augment: bool = True,
-        progress: bool = True,
-        prompt_templates: Sequence[str] | None = None,
-    ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            prompt_templates=prompt_templates,
-        )
-        self.save_hyperparameters(logger=False)
-        cats = list(categories) if categories is not None else list(CATEGORIES)
-        unknown = [c for c in [*cats, *heldout_categories] if c not in CATEGORIES]
-        if unknown:
-            raise ValueError(f"unknown synthetic categories {unknown}; available: {list(CATEGORIES)}")
-        missing = [c for c in heldout_categories if c not in cats]
-        if missing:
-            raise ValueError(f"held-out categories {missing} are not in categories")
-        self.categories = cats
-        self.heldout_class_names = [c for c in cats if c in set(heldout_categories)]
-        self.train_class_names = [c for c in cats if c not in set(heldout_categories)]
-        if not self.train_class_names:
-            raise ValueError("every category is held out: nothing to train on")
-        self.num_points, self.image_size = num_points, image_size
-        self.train_per_class, self.val_per_class, self.seed = train_per_class, val_per_class, seed
-        self.augment, self.progress = augment, progress
-        self.params = {
-            "version": GENERATOR_VERSION, "num_points": num_points, "image_size": image_size,
-            "train_per_class": train_per_class, "val_per_class": val_per_class, "seed": seed,
-            "train": self.train_class_names, "heldout": self.heldout_class_names,
-        }  # fmt: skip
-        digest = hashlib.sha1(json.dumps(self.params, sort_keys=True).encode()).hexdigest()[:16]
-        base = (
-            Path(cache_dir).expanduser()
-            if cache_dir is not None
-            else Path.home() / ".cache" / "spikelight" / "synthetic3d"
-        )
-        self.cache_path = base / digest
-        self._arrays: dict[str, dict[str, np.ndarray]] | None = None
-
-    # -- generation + cache
-    _SPLITS = ("train", "val_objects", "val_categories")
-
-    def _split_spec(self, name: str) -> tuple[list[str], int, int]:
-        return {
-            "train": (self.train_class_names, self.train_per_class, 0),
-            "val_objects": (self.train_class_names, self.val_per_class, 1),
-            "val_categories": (self.heldout_class_names, self.val_per_class, 2),
-        }[name]
-
-    def is_cached(self) -> bool:
-        return all((self.cache_path / f"{s}.npz").is_file() for s in self._SPLITS)
-
-    def prepare_data(self) -> None:
-        """Generate and cache the three splits unless the cache exists (atomic: a temp dir is renamed)."""
-        if self.is_cached():
-            return
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.cache_path.parent))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is an ordinary folder
-        try:
-            for s in self._SPLITS:
-                cats, per_class, sid = self._split_spec(s)
-                arrs = generate_split(
-                    cats, per_class, split_id=sid, seed=self.seed, num_points=self.num_points,
-                    image_size=self.image_size, desc=f"synthetic3d {s}", progress=self.progress,
-                )  # fmt: skip
-                np.savez(tmp / f"{s}.npz", **arrs)
-            (tmp / "meta.json").write_text(
-                json.dumps({**self.params, "categories": list(CATEGORIES)}, indent=1)
-            )
-            try:
-                os.replace(tmp, self.cache_path)
-            except OSError:  # another process won the race (target exists and is not empty)
-                if not self.is_cached():
-                    shutil.rmtree(self.cache_path, ignore_errors=True)
-                    os.replace(tmp, self.cache_path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-
-    def load_arrays(self) -> dict[str, dict[str, np.ndarray]]:
-        if self._arrays is None:
-            self.prepare_data()
-            out = {}
-            for s in self._SPLITS:
-                f = self.cache_path / f"{s}.npz"
-                try:
-                    with np.load(f) as z:
-                        out[s] = {k: z[k] for k in z.files}
-                except (OSError, ValueError, EOFError) as e:
-                    raise ValueError(f"{f}: corrupt synthetic3d cache ({e}); delete {self.cache_path}") from e
-            self._arrays = out
-        return self._arrays
-
-    def setup(self, stage: str | None = None) -> None:
-        arrs = self.load_arrays()
-        if self._train is None:
-            self._train = Synthetic3DDataset(arrs["train"], self.train_class_names, augment=self.augment)
-        if not self._val:
-            self._val = [
-                ("val_objects", Synthetic3DDataset(arrs["val_objects"], self.train_class_names)),
-                ("val_categories", Synthetic3DDataset(arrs["val_categories"], self.heldout_class_names)),
-            ]
-
-    @property
-    def val_sets(self) -> list[dict[str, Any]]:  # known without generating the data
-        return [
-            {"name": "val_objects", "class_names": list(self.train_class_names)},
-            {"name": "val_categories", "class_names": list(self.heldout_class_names)},
-        ]
-
-    def eval_sets(self) -> list[EvalSet]:  # known without generating the data
-        t = self.prompt_templates
-        return [EvalSet("val_objects", self.train_class_names, t), EvalSet("val_categories", self.heldout_class_names, t)]
-
-    @property
-    def prompt_templates(self) -> list[str]:
-        return self._prompt_templates or list(PROMPT_TEMPLATES)
