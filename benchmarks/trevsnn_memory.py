@@ -37,7 +37,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info  # noqa: E402
 
-from spikelight.models.trevsnn import TRevSNN, trevsnn_loss
+from spikelight.losses import trevsnn_loss
+from spikelight.models.trevsnn import TRevSNN
 from spikelight.profiling.memory import MB, measure_step_memory
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -49,7 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info  # noqa: E402
 from _common import sync as _sync  # noqa: E402
 
-from spikelight.models.trevsnn import TRevSNN, trevsnn_loss
+from spikelight.losses import trevsnn_loss
+from spikelight.models.trevsnn import TRevSNN
 from spikelight.profiling.energy import measure_energy
 
 RESULTS = Path(__file__).resolve().parent / "results"
