@@ -265,9 +265,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from spikelight.datamodules.pointcloud import (
         ModelNet40DataModule,
         ModelNet40Dataset,
+        Synthetic3DDataModule,
         read_modelnet_txt_cached,
     )
-    from spikelight.datamodules.pointcloud.synthetic3d import Synthetic3DDataModule
 
     # --- synthetic triplets (demo settings; generated once and cached on disk, like the demo)
     data_kw = {**demo["data"], "progress": False}

@@ -14,15 +14,6 @@ import pytest
 import torch
 from PIL import Image
 
-from spikelight.datamodules.pointcloud.transforms import (
-    PointCloudTransform,
-    farthest_point_sample,
-    normalize_unit_sphere,
-    random_point_dropout,
-    random_rgb_drop,
-    random_rotate_up,
-    sample_points,
-)
 from spikelight.datamodules.pointcloud import (
     PROMPT_TEMPLATES,
     SCANOBJECTNN_CLASSES,
@@ -46,6 +37,15 @@ from spikelight.datamodules.pointcloud import (
     read_off,
     read_ply,
     sample_mesh_surface,
+)
+from spikelight.datamodules.pointcloud.transforms import (
+    PointCloudTransform,
+    farthest_point_sample,
+    normalize_unit_sphere,
+    random_point_dropout,
+    random_rgb_drop,
+    random_rotate_up,
+    sample_points,
 )
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

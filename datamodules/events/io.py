@@ -20,22 +20,6 @@ except ImportError:  # pragma: no cover - tonic is a declared dependency
     tonic = None
     _TonicDVSGesture = None
 
-__all__ = [
-    "EVENT_DTYPE",
-    "DVSGESTURE_CLASSES",
-    "DVSGESTURE_SENSOR_SIZE",
-    "NMNIST_SENSOR_SIZE",
-    "NCARS_SENSOR_SIZE",
-    "as_events",
-    "read_dvsgesture_npy",
-    "read_nmnist_bin",
-    "read_ncars_dat",
-    "read_aedat4",
-    "aedat4_sensor_size",
-    "read_aedat2",
-    "read_events",
-    "tonic_required",
-]
 
 PathLike = Union[str, Path]
 SensorSize = tuple[int, int, int]  # (W, H, P) like tonic

@@ -19,17 +19,6 @@ from torchvision.datasets import ImageFolder
 
 from spikelight.datamodules.base import SpikelightDataModule
 
-__all__ = [
-    "BadImageError",
-    "BadImageWarning",
-    "FixedClassImageFolder",
-    "ImageFolderDataset",
-    "ImageNetDataModule",
-    "read_synsets",
-    "read_label_list",
-    "load_rgb",
-]
-
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 IMAGENET_LAYOUT = (
@@ -45,6 +34,15 @@ _IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".ti
 # ----------------------------------------------------------------------------------------------
 # class index files
 # ----------------------------------------------------------------------------------------------
+def _split_lines(path: Path):
+    """``(line number, stripped line, [first word, rest])`` of every non-blank line."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if line:
+                yield lineno, line, line.split(maxsplit=1)
+
+
 def read_synsets(path: str | os.PathLike) -> list[tuple[str, Optional[str]]]:
     """Read a synset list: one WordNet id per line, in class-index order.
 
@@ -62,20 +60,15 @@ def read_synsets(path: str | os.PathLike) -> list[tuple[str, Optional[str]]]:
         raise FileNotFoundError(f"synsets file not found: '{path}' (one WordNet id such as n01440764 per line)")
     out: list[tuple[str, Optional[str]]] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.split(maxsplit=1)
-            wnid = parts[0]
-            if not _WNID_RE.match(wnid):
-                raise ValueError(f"{path}:{lineno}: expected a WordNet id like 'n01440764' at the start of the "
-                                 f"line, got {line[:60]!r}")
-            if wnid in seen:
-                raise ValueError(f"{path}:{lineno}: wnid {wnid} repeats (first on line {seen[wnid]})")
-            seen[wnid] = lineno
-            out.append((wnid, parts[1].strip() if len(parts) > 1 else None))
+    for lineno, line, parts in _split_lines(path):
+        wnid = parts[0]
+        if not _WNID_RE.match(wnid):
+            raise ValueError(f"{path}:{lineno}: expected a WordNet id like 'n01440764' at the start of the "
+                             f"line, got {line[:60]!r}")
+        if wnid in seen:
+            raise ValueError(f"{path}:{lineno}: wnid {wnid} repeats (first on line {seen[wnid]})")
+        seen[wnid] = lineno
+        out.append((wnid, parts[1].strip() if len(parts) > 1 else None))
     if not out:
         raise ValueError(f"synsets file '{path}' holds no wnids")
     return out
@@ -91,18 +84,13 @@ def read_label_list(path: str | os.PathLike) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"label list file not found: '{path}' (lines '<index> <names>')")
     names: list[str] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.split(maxsplit=1)
-            if len(parts) < 2 or not parts[0].isdigit():
-                raise ValueError(f"{path}:{lineno}: expected '<index> <names>', got {line[:60]!r}")
-            if int(parts[0]) != len(names):
-                raise ValueError(f"{path}:{lineno}: expected index {len(names)}, got {parts[0]} "
-                                 "(indices must run 0, 1, 2, ... in order)")
-            names.append(parts[1].strip())
+    for lineno, line, parts in _split_lines(path):
+        if len(parts) < 2 or not parts[0].isdigit():
+            raise ValueError(f"{path}:{lineno}: expected '<index> <names>', got {line[:60]!r}")
+        if int(parts[0]) != len(names):
+            raise ValueError(f"{path}:{lineno}: expected index {len(names)}, got {parts[0]} "
+                             "(indices must run 0, 1, 2, ... in order)")
+        names.append(parts[1].strip())
     if not names:
         raise ValueError(f"label list file '{path}' holds no labels")
     return names

@@ -18,16 +18,6 @@ from torch.utils.data import Dataset
 
 from spikelight.datamodules.base import SpikelightDataModule
 
-__all__ = [
-    "SYNTHETIC_CLASSES",
-    "SYNTHETIC_MEAN",
-    "SYNTHETIC_STD",
-    "shape_mask",
-    "render_synthetic_image",
-    "SyntheticImageDataset",
-    "SyntheticImageDataModule",
-]
-
 #: class names, in label order; ``num_classes=k`` uses the first k.
 SYNTHETIC_CLASSES: tuple[str, ...] = (
     "circle", "square", "triangle", "cross", "ring", "stripes_horizontal", "stripes_vertical",

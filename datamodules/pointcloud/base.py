@@ -44,7 +44,9 @@ from spikelight.datamodules.pointcloud.io import bad, read_h5_pointclouds
 from spikelight.datamodules.pointcloud.labels import PROMPT_TEMPLATES, load_templates
 from spikelight.datamodules.pointcloud.transforms import PointCloudTransform
 
-__all__ = ["PointCloudDataset", "H5PointCloudDataset", "PointCloudDataModule", "pick_transform", "find_dir_with"]
+__all__ = [
+    "PointCloudDataset", "H5PointCloudDataset", "PointCloudDataModule", "pick_transform", "recipe", "find_dir_with",
+]
 
 
 class PointCloudDataset(Dataset):
@@ -185,6 +187,16 @@ def find_dir_with(root: Path, filename: str, subdirs: Iterable[str]) -> Path | N
         if (cand / filename).is_file():
             return cand
     return None
+
+
+def recipe(
+    *, num_points: int | None, sampling: str, augment: bool, transform: Callable[..., Tensor] | None = None,
+    caption_templates: Sequence[str] | None = None, skip_bad: bool = False,
+) -> dict[str, Any]:
+    """:class:`PointCloudDataset` arguments of a dataset built with the SVL recipe: :func:`pick_transform`,
+    random captions when augmenting."""
+    return dict(transform=pick_transform(transform, num_points, sampling, augment),
+                caption_templates=caption_templates, random_caption=augment, skip_bad=skip_bad)
 
 
 def pick_transform(

@@ -24,23 +24,6 @@ from torch import Tensor
 
 from spikelight.datamodules.pointcloud.transforms import RGB_DEFAULT
 
-__all__ = [
-    "bad",
-    "check_finite",
-    "require_dir",
-    "require_file",
-    "read_modelnet_txt",
-    "read_modelnet_txt_cached",
-    "read_h5_pointclouds",
-    "read_ply",
-    "read_off",
-    "read_npy_points",
-    "read_shape_record",
-    "sample_mesh_surface",
-    "load_point_cloud",
-    "load_image",
-]
-
 
 def bad(path: Path | str, problem: str) -> ValueError:
     return ValueError(f"{path}: {problem}")

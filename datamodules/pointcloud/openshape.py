@@ -6,15 +6,13 @@ a pickled ``<uid>.npy`` record is refused with an error naming the file.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from spikelight.datamodules.pointcloud.base import PointCloudDataset, pick_transform
+from spikelight.datamodules.pointcloud.base import PointCloudDataset, recipe
 from spikelight.datamodules.pointcloud.io import bad, check_finite, read_shape_record, require_dir
 from spikelight.datamodules.pointcloud.labels import humanize, read_list_file
 from spikelight.datamodules.pointcloud.triplets import TripletDataModule
@@ -52,17 +50,10 @@ class OpenShapeTripletDataset(PointCloudDataset):
         num_points: int | None = 10000,
         sampling: str = "random",
         augment: bool = True,
-        transform: Callable[..., Tensor] | None = None,
-        caption_templates: Sequence[str] | None = None,
-        skip_bad: bool = False,
+        **kwargs: Any,
     ) -> None:
-        transform = pick_transform(transform, num_points, sampling, augment)
-        super().__init__(
-            transform=transform,
-            caption_templates=caption_templates,
-            random_caption=augment,
-            skip_bad=skip_bad,
-        )
+        """``**kwargs``: ``transform``, ``caption_templates``, ``skip_bad`` (see :func:`recipe`)."""
+        super().__init__(**recipe(num_points=num_points, sampling=sampling, augment=augment, **kwargs))
         root = require_dir(
             root, "an OpenShape-style triplet directory (<uid>.npy / <uid>.npz + <split>.txt)"
         )

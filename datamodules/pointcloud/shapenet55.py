@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
-from spikelight.datamodules.pointcloud.base import PointCloudDataset, pick_transform
+from spikelight.datamodules.pointcloud.base import PointCloudDataset, recipe
 from spikelight.datamodules.pointcloud.io import bad, load_image, read_npy_points, require_dir, require_file
 from spikelight.datamodules.pointcloud.labels import humanize, load_shapenet_taxonomy, read_list_file
 from spikelight.datamodules.pointcloud.triplets import TripletDataModule
@@ -50,17 +49,10 @@ class ShapeNet55TripletDataset(PointCloudDataset):
         num_points: int | None = 8192,
         sampling: str = "random",
         augment: bool = True,
-        transform: Callable[..., Tensor] | None = None,
-        caption_templates: Sequence[str] | None = None,
-        skip_bad: bool = False,
+        **kwargs: Any,
     ) -> None:
-        transform = pick_transform(transform, num_points, sampling, augment)
-        super().__init__(
-            transform=transform,
-            caption_templates=caption_templates,
-            random_caption=augment,
-            skip_bad=skip_bad,
-        )
+        """``**kwargs``: ``transform``, ``caption_templates``, ``skip_bad`` (see :func:`recipe`)."""
+        super().__init__(**recipe(num_points=num_points, sampling=sampling, augment=augment, **kwargs))
         root = require_dir(root, "the ULIP ShapeNet-55 directory (shapenet_pc/, rendered_images/, taxonomy)")
         self.root, self.split, self.augment, self.image_size = root, split, augment, image_size
         # split list
@@ -123,7 +115,7 @@ class ShapeNet55TripletDataset(PointCloudDataset):
                     f"{self.image_dir}: no rendered view {sid}_r_<deg>*.png for {sid}"
                 )
             if problem is not None:
-                if not skip_bad:
+                if not self.skip_bad:
                     raise problem
                 skipped += 1
                 continue
