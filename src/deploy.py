@@ -19,10 +19,12 @@ Folder layout written by :func:`save_deploy` (``spikelight export``)::
     config.json         format, encoder name + kwargs, timesteps, embed_dim, num_classes, how to predict,
                         plus provenance (teacher towers, templates, logit scale, full-model sizes)
 
-:func:`load_deploy` rebuilds the encoder from the registry and needs only torch, safetensors and
-spikelight's models: neither open_clip nor transformers is imported (a test checks ``sys.modules``).
-New classes: compute their rows offline (``SVLPretrain.deploy_weights(names)``) and
-:meth:`RepVLIClassifier.swap_classes`.
+:func:`export_repvli` writes it from the trained pieces (the class rows come from the shared
+:class:`~spikelight.models.zero_shot.ZeroShotClassifier`, the same one the task validates with);
+:func:`load_deploy` rebuilds the encoder from its model spec (:func:`spikelight.models.build_model`) and
+needs only torch, safetensors and spikelight's models: neither open_clip nor transformers is imported
+(a test checks ``sys.modules``). New classes: compute their rows offline
+(``task.zero_shot.deploy_weights(names)``) and :meth:`RepVLIClassifier.swap_classes`.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DEPLOY_FORMAT", "RepVLIClassifier", "load_deploy", "save_deploy"]
+from spikelight.models.zero_shot import zero_shot_logits
+
+__all__ = ["DEPLOY_FORMAT", "RepVLIClassifier", "export_repvli", "load_deploy", "save_deploy"]
 
 DEPLOY_FORMAT = "spikelight-repvli"
 DEPLOY_VERSION = 1
@@ -79,16 +83,14 @@ class RepVLIClassifier(nn.Module):
         return self.head.in_features
 
     def embed(self, points: Tensor) -> Tensor:
-        """``[B, C]`` encoder output (mean over T when the encoder returns ``[T, B, C]``)."""
+        """``[B, C]`` encoder output (mean over T when the encoder returns ``[T, B, C]``), not normalised."""
         x = self.encoder(points)
-        if x.dim() == 3:
-            x = x.mean(0)
-        x = x.float()
-        return torch.nn.functional.normalize(x, dim=-1) if self.normalize_input else x
+        return (x.mean(0) if x.dim() == 3 else x).float()
 
     def forward(self, points: Tensor) -> Tensor:
-        """``points [B, N, F]`` -> logits ``[B, K]``."""
-        return self.head(self.embed(points))
+        """``points [B, N, F]`` -> logits ``[B, K]`` (:func:`~spikelight.models.zero_shot.zero_shot_logits`
+        with the scale folded into the head)."""
+        return zero_shot_logits(self.embed(points), self.head.weight, normalize=self.normalize_input)
 
     @torch.no_grad()
     def predict(self, points: Tensor) -> tuple[Tensor, list[str]]:
@@ -121,6 +123,10 @@ class RepVLIClassifier(nn.Module):
         self.head = head
         self.class_names = class_names
 
+    def swap_classes_from(self, zero_shot: Any, class_names: Sequence[str], templates: Sequence[str]) -> None:
+        """New classes from a :class:`~spikelight.models.zero_shot.ZeroShotClassifier` (needs its text tower)."""
+        self.swap_classes(zero_shot.deploy_weights(list(class_names), list(templates)), class_names)
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -133,8 +139,7 @@ def save_deploy(
     out_dir: str | Path,
     *,
     encoder: nn.Module,
-    encoder_name: str,
-    encoder_kwargs: dict[str, Any],
+    encoder_spec: dict[str, Any],
     weight: Tensor,
     class_names: Sequence[str],
     normalize_input: bool = False,
@@ -156,7 +161,7 @@ def save_deploy(
     config = {
         "format": DEPLOY_FORMAT,
         "version": DEPLOY_VERSION,
-        "encoder": {"name": encoder_name, "kwargs": _jsonable(encoder_kwargs)},
+        "encoder": _jsonable(_spec_record(encoder_spec)),
         "embed_dim": int(weight.shape[1]),
         "num_classes": int(weight.shape[0]),
         "timesteps": int(getattr(encoder, "timesteps", 1)),
@@ -170,6 +175,53 @@ def save_deploy(
     }
     (out / "config.json").write_text(json.dumps(config, indent=1))
     return out
+
+
+def _spec_record(spec: dict[str, Any]) -> dict[str, Any]:
+    """A model spec as stored in ``config.json``: ``{name, kwargs}`` or ``{class_path, init_args}``."""
+    if "class_path" in spec:
+        return {"class_path": spec["class_path"], "init_args": dict(spec.get("init_args") or {})}
+    kwargs = {**dict(spec.get("kwargs") or {}), **{k: v for k, v in spec.items() if k not in ("name", "kwargs")}}
+    return {"name": spec["name"], "kwargs": kwargs}
+
+
+def _num_params(*modules: Optional[nn.Module]) -> int:
+    return sum(p.numel() for m in modules if m is not None for p in m.parameters())
+
+
+def export_repvli(
+    out_dir: str | Path,
+    *,
+    encoder: nn.Module,
+    encoder_spec: dict[str, Any],
+    zero_shot: Any,
+    class_names: Sequence[str],
+    templates: Sequence[str],
+    teacher: Optional[dict[str, Any]] = None,
+    full_model: Optional[dict[str, Optional[nn.Module]]] = None,
+) -> Path:
+    """Write the Rep-VLI deploy model: ``encoder`` plus ``zero_shot.deploy_weights(class_names, templates)``.
+
+    ``zero_shot``: a :class:`~spikelight.models.zero_shot.ZeroShotClassifier`; ``teacher``: provenance of
+    the text tower; ``full_model``: the other modules of the full zero-shot model (``alignment_head``,
+    ``text_tower``, ``image_tower``), whose parameter counts are recorded next to the deploy model's.
+    """
+    was_training = encoder.training
+    encoder.eval()
+    weight = zero_shot.deploy_weights(list(class_names), list(templates)).cpu()
+    encoder.train(was_training)
+    extra: dict[str, Any] = {"logit_scale": float(zero_shot.align.scale), "templates": list(templates)}
+    if teacher is not None:
+        extra["teacher"] = teacher
+    if full_model is not None:
+        n = {k: _num_params(m) for k, m in full_model.items()}
+        n_enc, n_head, n_text = _num_params(encoder), n.get("alignment_head", 0), n.get("text_tower", 0)
+        extra["full_model_parameters"] = {
+            "encoder": n_enc, "alignment_head": n_head, "text_tower": n_text, "image_tower": n.get("image_tower", 0),
+            "zero_shot_inference": n_enc + n_head + n_text, "training": n_enc + sum(n.values()),
+        }  # fmt: skip
+    return save_deploy(out_dir, encoder=encoder, encoder_spec=encoder_spec, weight=weight,
+                       class_names=class_names, extra=extra)  # fmt: skip
 
 
 def _jsonable(obj: Any) -> Any:
@@ -193,7 +245,7 @@ def load_deploy(
     """
     from safetensors.torch import load_file
 
-    from spikelight.models.encoders_3d import build_encoder
+    from spikelight.models import build_model, spec_name
 
     folder = Path(path)
     for name in ("config.json", "class_names.json", "model.safetensors"):
@@ -213,12 +265,12 @@ def load_deploy(
         raise ValueError(f"{folder / 'model.safetensors'}: no head.weight")
     weight = state.pop("head.weight")
     enc_cfg = config["encoder"]
-    encoder = build_encoder(enc_cfg["name"], **enc_cfg.get("kwargs", {}))
+    encoder = build_model(enc_cfg)
     enc_state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
     missing, unexpected = encoder.load_state_dict(enc_state, strict=False)
     if strict and (missing or unexpected):
         raise ValueError(
-            f"{folder / 'model.safetensors'}: encoder weights do not match {enc_cfg['name']}: "
+            f"{folder / 'model.safetensors'}: encoder weights do not match {spec_name(enc_cfg)}: "
             f"missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     model = RepVLIClassifier(

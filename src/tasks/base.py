@@ -2,18 +2,37 @@
 
 ``SpikelightTask`` gives each job the same optimiser / schedule handling (optimizer class from the
 config, linear warmup + per-step cosine), a guard that stops the run with a clear message when the
-loss is not finite, and ``batch_size_of`` used by callbacks.
+loss is not finite, and the rule for frozen, rebuildable parts.
+
+Frozen parts by rule: a task declares each frozen submodule that can be rebuilt from its
+hyper-parameters (CLIP towers, a VLM's vision tower and LLM) once, with a builder::
+
+    self.declare_frozen("towers", lambda: ClipTowers(...), seed=0)
+    towers = self.frozen("towers")          # built on first use, on the task's device, eval, no grad
+
+A declared part is built lazily (instantiating a config builds and downloads nothing), never
+trained (``requires_grad=False``, always in eval mode), and is not a registered submodule: it is
+not in ``state_dict()`` or checkpoints, not wrapped by DDP, not counted by energy meters. A
+checkpoint records what it left out (``checkpoint["frozen_modules"]``: name -> description); the
+task that loads it re-declares the parts from the same hyper-parameters and rebuilds them on first
+use. ``seed`` builds a part under a fixed RNG seed (without touching the global RNG), so parts with
+random weights (e.g. a tower with no pretrained checkpoint) come back identical after a load.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor, nn
 
 from spikelight.optim import build_warmup_cosine
+
+__all__ = ["ConfusionResult", "SpikelightTask", "default_adamw"]
 
 
 def default_adamw(params) -> torch.optim.Optimizer:
@@ -21,26 +40,30 @@ def default_adamw(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
 
 
-def batch_size_of(batch: Any) -> int:
-    """Number of samples in a batch (dict: first tensor; tuple/list: first tensor; tensor: len)."""
-    if isinstance(batch, torch.Tensor):
-        return int(batch.shape[0])
-    if isinstance(batch, dict):
-        for key in ("label", "points", "image", "events", "frames"):
-            v = batch.get(key)
-            if isinstance(v, torch.Tensor):
-                return int(v.shape[0])
-        values = batch.values()
-    elif isinstance(batch, (list, tuple)):
-        values = batch
-    else:
-        return 1
-    for v in values:
-        if isinstance(v, torch.Tensor) and v.dim() > 0:
-            return int(v.shape[0])
-        if isinstance(v, (list, tuple)):
-            return len(v)
-    return 1
+@dataclass(frozen=True)
+class ConfusionResult:
+    """A confusion matrix a task computed on one evaluation set (read by
+    :class:`spikelight.callbacks.ConfusionMatrixPlot`).
+
+    Attributes:
+        name: the evaluation set's name.
+        class_names: ``K`` names (row / column order).
+        matrix: ``[K, K]`` int64 counts, rows = true class, columns = predicted class.
+        epoch: the epoch it was computed in.
+    """
+
+    name: str
+    class_names: tuple[str, ...]
+    matrix: Tensor
+    epoch: int
+
+
+class _Frozen:
+    """One declared frozen part: its builder, seed, description and (once built) the module."""
+
+    def __init__(self, build: Callable[[], nn.Module], seed: Optional[int], describe: Any) -> None:
+        self.build, self.seed, self.describe = build, seed, describe
+        self.module: Optional[nn.Module] = None
 
 
 class SpikelightTask(pl.LightningModule):
@@ -72,11 +95,66 @@ class SpikelightTask(pl.LightningModule):
         self.warmup_start_lr = float(warmup_start_lr)
         self.min_lr = float(min_lr)
         self.scheduler_kind = scheduler
+        self._frozen: dict[str, _Frozen] = {}  # a plain dict: its modules stay out of the module tree
+        #: confusion matrices of the last scored evaluation epoch, by set name
+        self.confusion_matrices: dict[str, ConfusionResult] = {}
+
+    # ------------------------------------------------------------------ frozen, rebuildable parts
+    def declare_frozen(
+        self, name: str, build: Callable[[], nn.Module], *, seed: Optional[int] = None, describe: Any = None
+    ) -> None:
+        """Declare the frozen part ``name``, built by ``build()`` on first use (see the module docstring).
+
+        ``describe``: what a checkpoint records about the part (JSON-able, e.g. the hparams that rebuild it).
+        """
+        if name in self._frozen:
+            raise ValueError(f"{type(self).__name__}: frozen part {name!r} is already declared")
+        if name in dict(self.named_children()):
+            raise ValueError(f"{type(self).__name__}: {name!r} is already a trainable submodule")
+        self._frozen[name] = _Frozen(build, seed, describe if describe is not None else name)
+
+    def frozen(self, name: str) -> nn.Module:
+        """The frozen part ``name``, built on first use and kept on the task's device, in eval mode."""
+        try:
+            part = self._frozen[name]
+        except KeyError:
+            raise KeyError(f"{type(self).__name__} declares no frozen part {name!r}: {sorted(self._frozen)}") from None
+        if part.module is None:
+            if part.seed is None:
+                module = part.build()
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(part.seed)
+                    module = part.build()
+            module.requires_grad_(False)
+            part.module = module.eval()
+        module = part.module
+        p = next(iter(module.parameters()), None)
+        p = next(iter(module.buffers()), None) if p is None else p
+        if p is not None and p.device != self.device:
+            module.to(self.device)
+        return module
+
+    def frozen_is_built(self, name: str) -> bool:
+        return name in self._frozen and self._frozen[name].module is not None
+
+    @property
+    def frozen_names(self) -> list[str]:
+        return list(self._frozen)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the frozen parts a checkpoint leaves out (they are rebuilt from the hparams)."""
+        if self._frozen:
+            checkpoint["frozen_modules"] = {n: f.describe for n, f in self._frozen.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Drop weights of frozen parts from checkpoints written before the rule (they are rebuilt)."""
+        state = checkpoint.get("state_dict")
+        if state and self._frozen:
+            for key in [k for k in state if k.split(".", 1)[0] in self._frozen]:
+                del state[key]
 
     # ------------------------------------------------------------------ helpers
-    @staticmethod
-    def batch_size_of(batch: Any) -> int:
-        return batch_size_of(batch)
 
     def check_finite(self, loss: torch.Tensor, what: str = "loss") -> None:
         """Stop the run with a clear message when the loss is NaN/inf (nothing silently trains on garbage)."""
@@ -88,7 +166,7 @@ class SpikelightTask(pl.LightningModule):
             )
 
     def parameters_to_optimize(self):
-        """Parameters given to the optimizer (override to exclude frozen towers or set groups)."""
+        """Parameters given to the optimizer (override to set groups); frozen parts are never among them."""
         return [p for p in self.parameters() if p.requires_grad]
 
     # -------------------------------------------------------------- optimizers
