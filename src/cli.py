@@ -61,11 +61,14 @@ def resolve_ckpt_path(ckpt_path: Optional[str], trainer: Optional[Trainer] = Non
 
 def load_weights(model: torch.nn.Module, ckpt_path: str, *, weights_only: Optional[bool] = True,
                  strict: bool = True) -> dict:
-    """Load a Lightning checkpoint's ``state_dict`` into ``model`` (``weights_only`` honoured)."""
+    """Load a Lightning checkpoint's ``state_dict`` into ``model`` (``weights_only`` honoured), after the
+    module's own ``on_load_checkpoint`` (e.g. the base task drops weights of frozen, rebuilt parts)."""
     try:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=weights_only is not False)
     except Exception as e:  # noqa: BLE001 - re-raised with the file name
         raise ValueError(f"cannot read checkpoint {ckpt_path}: {e}") from e
+    if "state_dict" in ckpt and isinstance(model, LightningModule):
+        model.on_load_checkpoint(ckpt)
     state = ckpt.get("state_dict", ckpt)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if strict and (missing or unexpected):
@@ -129,15 +132,20 @@ class SpikelightTrainer(Trainer):
         datamodule: Optional[LightningDataModule] = None,
         ckpt_path: Optional[str] = None,
         classes: Optional[str] = None,
+        templates: Optional[str] = None,
         out: str = "deploy",
         weights_only: Optional[bool] = True,
     ) -> str:
-        """Export a deployable model (e.g. SVL's Rep-VLI classifier with no text encoder).
+        """Export a deployable model (e.g. SVL's Rep-VLI classifier with no text encoder): the class rows
+        come from the task's zero-shot classifier (:mod:`spikelight.models.zero_shot`), the same module
+        its validation scores with, and load with :func:`spikelight.deploy.load_deploy`.
 
         Args:
             ckpt_path: checkpoint with the trained weights (``last`` = this run's last.ckpt).
             classes: class names: a comma-separated list or a text file with one name per line;
-                default: the datamodule's zero-shot class names.
+                default: the datamodule's first evaluation set.
+            templates: prompt templates (one ``{}`` each), a file with one per line (or a list separated by
+                ``|``); default: the task's / evaluation set's.
             out: output directory.
             weights_only: load the checkpoint with ``torch.load(weights_only=...)``.
         """
@@ -147,23 +155,24 @@ class SpikelightTrainer(Trainer):
         if ckpt is not None:
             load_weights(model, ckpt, weights_only=weights_only)
         class_names = parse_class_names(classes) if classes else None
-        path = model.export_deploy(out_dir=out, class_names=class_names, datamodule=datamodule)
+        prompts = parse_class_names(templates, sep="|") if templates else None
+        path = model.export_deploy(out_dir=out, class_names=class_names, datamodule=datamodule, templates=prompts)
         print(f"exported deploy model to {path}")
         return str(path)
 
 
-def parse_class_names(classes: str) -> list[str]:
-    """``classes`` is a file (one name per line, ``#`` comments allowed) or a comma-separated list."""
+def parse_class_names(classes: str, *, sep: str = ",") -> list[str]:
+    """``classes`` is a file (one name per line, ``#`` comments allowed) or a ``sep``-separated list."""
     p = Path(classes)
     if p.is_file():
         names = [ln.strip() for ln in p.read_text().splitlines()]
         names = [n for n in names if n and not n.startswith("#")]
-    elif "," in classes or not (p.suffix or os.sep in classes):
-        names = [n.strip() for n in classes.split(",") if n.strip()]
+    elif sep in classes or not (p.suffix or os.sep in classes):
+        names = [n.strip() for n in classes.split(sep) if n.strip()]
     else:
-        raise FileNotFoundError(f"--classes: file not found: {classes}")
+        raise FileNotFoundError(f"file not found: {classes}")
     if not names:
-        raise ValueError(f"--classes: no class names in {classes!r}")
+        raise ValueError(f"no names in {classes!r}")
     return names
 
 
