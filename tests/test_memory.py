@@ -90,6 +90,25 @@ def test_measure_step_memory_matches_analytic_peak() -> None:
     assert isinstance(mem["output"], float)
 
 
+def test_weight_gradients_count_as_gradients() -> None:
+    # After backward the weight gradients sit in .grad (category "gradient", not "temp"); a buffer larger
+    # than everything before, made after backward, puts the peak there: gradients L W, the buffer alone
+    # as activation, nothing left in temp.
+    model = make_stack()
+    x = torch.randn(B, D)
+    big = 4 * (L + 2) * F  # bytes
+
+    def step() -> float:
+        model(x).sum().backward()
+        return float(torch.ones(big // 4)[0])
+
+    mem = measure_step_memory(step, modules=model, inputs=x)
+    bd = mem["breakdown"]
+    assert bd["gradient"] == L * W and bd["temp"] == 0
+    assert big <= bd["activation"] <= big + SCALARS
+    assert mem["peak_bytes"] == L * W + F + L * W + bd["activation"]
+
+
 def test_checkpoint_saves_less_but_peak_is_higher_than_saved() -> None:
     from torch.utils.checkpoint import checkpoint
 

@@ -177,9 +177,10 @@ def _make_tracker() -> Any:
         (1) MemTracker's per-module hooks keep a snapshot history per module (unused here: the step's
         peak is updated per op in ``__torch_dispatch__``) and refuse a root module that runs twice in one
         tracked region (two views through one encoder: ``NotImplementedError``, "multiple iterative
-        calls"). This tracker installs module hooks that only keep what the per-op accounting needs: whether
-        backward is recomputing a forward region (activation checkpointing), so that recomputed tensors
-        count as activations, as MemTracker counts them.
+        calls"). This tracker's module hooks do only what the per-op categories need, as MemTracker does
+        it: the first forward of a module registers its parameters with gradient hooks (weight gradients
+        count as ``Gradient``, not ``Temp``), and a module forward during backward marks a recomputed
+        region (activation checkpointing, reversible networks: its tensors count as ``Activation``).
 
         (2) MemTracker labels everything allocated between the optimizer's step pre- and post-hooks as
         optimizer state. Lightning's automatic optimisation (and LBFGS-style code) runs forward and
@@ -191,9 +192,13 @@ def _make_tracker() -> Any:
         def __init__(self) -> None:
             super().__init__()
             self._closure_hook = None
+            self._seen_modules: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
         def _pre_fw_hook(self, module: nn.Module, inputs: Any) -> None:
-            if self._mod_tracker.is_bw and self._ac_mod is None:  # outermost recomputed module
+            if module not in self._seen_modules:
+                self._seen_modules.add(module)
+                self._track_module_params_and_buffers(module, install_grad_hooks=True)
+            elif self._mod_tracker.is_bw and self._ac_mod is None:  # outermost recomputed module
                 self._ac_mod = weakref.ref(module)
                 self._in_ac = True
 
