@@ -20,13 +20,55 @@ TOY = "experiments/toy.yaml"
 SMALL = ["--data.init_args.train_size", "128", "--data.init_args.val_size", "64"]
 
 
-def test_help_lists_subcommands(repo_root, cli):
+class _Parsed(Exception):
+    """Carries (subcommand, parsed config) out of :class:`_ParseOnly`."""
+
+
+class _ParseOnly(SpikelightCLI):
+    """The real CLI stopped right after parsing: what the parser made of a command line."""
+
+    def before_instantiate_classes(self) -> None:
+        raise _Parsed(self.subcommand, self.config[self.subcommand])
+
+
+def test_console_script_runs(repo_root):
     script = Path(sys.executable).parent / "spikelight"
     assert script.exists(), "console script `spikelight` is not installed"
     out = subprocess.run([str(script), "--help"], capture_output=True, text=True, cwd=repo_root, timeout=120)
     assert out.returncode == 0, out.stderr
-    for sub in ("fit", "validate", "test", "predict", "energy", "export"):
-        assert sub in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("sub", "extra", "expect"),
+    [
+        ("fit", ["--trainer.max_epochs", "3"], {"trainer.max_epochs": 3}),
+        ("validate", ["--ckpt_path", "some.ckpt"], {"ckpt_path": "some.ckpt"}),
+        ("test", ["--ckpt_path", "some.ckpt"], {"ckpt_path": "some.ckpt"}),
+        ("predict", ["--return_predictions", "false"], {"return_predictions": False}),
+        ("energy", ["--num_batches", "7", "--module", "model"], {"num_batches": 7, "module": "model"}),
+        ("export", ["--classes", "a,b", "--templates", "a {}.|an {}.", "--out", "d"],
+         {"classes": "a,b", "templates": "a {}.|an {}.", "out": "d"}),
+    ],
+)  # fmt: skip
+def test_every_subcommand_is_registered_and_parses_its_options(repo_root, monkeypatch, sub, extra, expect):
+    """Each subcommand (Lightning's and spikelight's) exists on the one parser, takes --config and its
+    own options (spikelight's come from the Trainer method signatures)."""
+    monkeypatch.chdir(repo_root)
+    assert set(SpikelightCLI.subcommands()) == {"fit", "validate", "test", "predict", "energy", "export"}
+    with pytest.raises(_Parsed) as parsed:
+        _ParseOnly(args=[sub, "--config", TOY, *extra])
+    got_sub, cfg = parsed.value.args
+    assert got_sub == sub
+    assert cfg["model.class_path"] == "spikelight.tasks.toy.ToyClassifier"  # --config was read
+    for key, value in expect.items():
+        assert cfg[key] == value, key
+
+
+def test_unknown_subcommand_is_refused(repo_root, monkeypatch):
+    monkeypatch.chdir(repo_root)
+    with pytest.raises(SystemExit) as e:
+        _ParseOnly(args=["train", "--config", TOY])
+    assert e.value.code != 0
 
 
 def test_print_config_has_fixed_seed_and_resolved_classes(repo_root, cli):
@@ -203,5 +245,6 @@ def test_parse_class_names(tmp_path):
     f.write_text("# classes\nchair\n\nairplane\nflower pot\n")
     assert parse_class_names(str(f)) == ["chair", "airplane", "flower pot"]
     assert parse_class_names("chair, table") == ["chair", "table"]
+    assert parse_class_names("a {}.|a 3D model of {}.", sep="|") == ["a {}.", "a 3D model of {}."]
     with pytest.raises(FileNotFoundError):
         parse_class_names(str(tmp_path / "missing.txt"))
