@@ -151,9 +151,8 @@ DEMO_CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "svl" / "syn
 #: used when experiments/svl/synthetic.yaml is absent (its values when these benchmarks were written)
 DEMO_FALLBACK: dict[str, Any] = {
     "model": {
-        "encoder": "spike_pointnet",
-        "encoder_kwargs": {"embed_dim": 128, "mlp1": [32, 32], "mlp2": [64, 128, 256], "head": [256],
-                           "input_transform": False, "feature_transform": False},
+        "encoder": {"name": "spike_pointnet", "embed_dim": 128, "mlp1": [32, 32], "mlp2": [64, 128, 256],
+                    "head": [256], "input_transform": False, "feature_transform": False},
         "clip_model": "spikelight-tiny-clip",
         "text_model": "minilm",
     },

@@ -183,7 +183,7 @@ def train_step_throughput(dm, demo: dict[str, Any], device: torch.device, *, ste
         image_feat, text_feat = task.teacher_features(batch)
         sync(device)
         t1 = time.perf_counter()
-        out = task.mta(task(batch["points"]), image_feat=image_feat, text_feat=text_feat)
+        out = task.mta(task(batch["points"]), *task.align(image_feat, text_feat))
         sync(device)
         t2 = time.perf_counter()
         opt.zero_grad(set_to_none=True)

@@ -275,11 +275,11 @@ def pretrain_and_measure(
     t0 = time.perf_counter()
     torch.manual_seed(0)
     task = SVLPretrain(**demo["model"]).to(device)
-    name = task.encoder_name
+    name = task.encoder_spec["name"]
     res: dict[str, Any] = {
         "config": demo["source"],
         "encoder": name,
-        "encoder_kwargs": task.encoder_kwargs,
+        "encoder_kwargs": {k: v for k, v in task.encoder_spec.items() if k != "name"},
         "untrained": bench_variant(name, x, calib, device, encoder=copy.deepcopy(task.encoder)),
     }
     dm = Synthetic3DDataModule(**{**demo["data"], "progress": False})
@@ -299,7 +299,7 @@ def pretrain_and_measure(
         for batch in dm.train_dataloader():
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             image_feat, text_feat = task.teacher_features(batch)
-            out = task.mta(task(batch["points"]), image_feat=image_feat, text_feat=text_feat)
+            out = task.mta(task(batch["points"]), *task.align(image_feat, text_feat))
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             opt.step()

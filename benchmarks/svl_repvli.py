@@ -109,6 +109,7 @@ def bench_case(
     warmup: int,
 ) -> dict[str, Any]:
     from spikelight.deploy import load_deploy
+    from spikelight.models.zero_shot import class_prompts, zero_shot_logits
     from spikelight.tasks.svl_pretrain import SVLPretrain
 
     t0 = time.perf_counter()
@@ -122,26 +123,24 @@ def bench_case(
     build_s = time.perf_counter() - t0
 
     K, M = len(names), len(templates)
-    prompts = [t.format(n) for n in names for t in templates]
+    prompts = class_prompts(names, templates)
     points = points.to(device)
-    scale = task.mta.scale.detach().float()
+    scale = task.align.scale.detach().float()
 
     @torch.no_grad()
-    def class_matrix() -> torch.Tensor:
+    def class_matrix() -> torch.Tensor:  # the text tower on every prompt (no cache), as a full model runs it
         t = towers.encode_text(prompts).view(K, M, -1)  # [K, M, D_txt], normalised by the tower
-        return task.mta.project_text(F.normalize(t.float(), dim=-1).mean(dim=1))  # [K, C], normalised
+        return task.align.project_text(F.normalize(t.float(), dim=-1).mean(dim=1))  # [K, C], normalised
 
     @torch.no_grad()
     def full() -> torch.Tensor:
-        x = F.normalize(task(points).float(), dim=-1)
-        return scale * x @ class_matrix().t()
+        return zero_shot_logits(task(points), class_matrix(), logit_scale=scale)
 
-    w_cached = class_matrix()
+    w_cached = task.zero_shot.weights(names, templates).detach()  # what validation / export use
 
     @torch.no_grad()
     def full_cached_text() -> torch.Tensor:
-        x = F.normalize(task(points).float(), dim=-1)
-        return scale * x @ w_cached.t()
+        return zero_shot_logits(task(points), w_cached, logit_scale=scale)
 
     @torch.no_grad()
     def dep() -> torch.Tensor:
@@ -163,16 +162,16 @@ def bench_case(
     speedups = [f / d for f, d in zip(times["full"], times["deploy"])]
 
     enc_p = count_parameters(task.encoder)
-    mta_p = count_parameters(task.mta)
+    mta_p = count_parameters(task.align)
     text_p = count_parameters(text_tower)
     image_p = count_parameters(towers.visual)
     dep_p = count_parameters(deploy)
-    full_p = count_parameters(task.encoder, task.mta, text_tower)
+    full_p = count_parameters(task.encoder, task.align, text_tower)
     elem = 4  # float32 everywhere here
     res = {
         "case": label,
-        "encoder": model_kwargs["encoder"],
-        "encoder_kwargs": model_kwargs.get("encoder_kwargs", {}),
+        "encoder": task.encoder_spec["name"],
+        "encoder_kwargs": {k: v for k, v in task.encoder_spec.items() if k != "name"},
         "clip_model": model_kwargs.get("clip_model"),
         "text_model": model_kwargs.get("text_model") or f"{model_kwargs.get('clip_model')} text tower",
         "embed_dim": task.embed_dim,
@@ -214,15 +213,15 @@ def params_only(
     import open_clip
     from open_clip.model import CLIP
 
-    from spikelight.losses import MTALoss
-    from spikelight.models.encoders_3d import build_encoder
+    from spikelight.models import create_model
+    from spikelight.models.alignment import AlignmentHead
 
     cfg = open_clip.get_model_config(clip_name)
     C = int(cfg["embed_dim"])
     with torch.device("meta"):
-        enc = build_encoder(encoder, **{**encoder_kwargs, "embed_dim": C})
+        enc = create_model(encoder, **{**encoder_kwargs, "embed_dim": C})
         clip = CLIP(**cfg)
-        mta = MTALoss(embed_dim=C, image_dim=C, text_dim=C)
+        mta = AlignmentHead(embed_dim=C, image_dim=C, text_dim=C)
     total = count_parameters(clip)
     text_p = total - count_parameters(clip.visual)
     enc_p, mta_p = count_parameters(enc), count_parameters(mta)
@@ -278,8 +277,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     set_threads(args.threads)
     demo = demo_svl_config()
     dm = demo["model"]
-    enc_name = args.encoder or dm["encoder"]
-    enc_kwargs = dict(dm.get("encoder_kwargs") or {}) if args.encoder is None else {}
+    spec = {"name": dm["encoder"]} if isinstance(dm["encoder"], str) else dict(dm["encoder"])
+    enc_name = args.encoder or spec.pop("name")
+    enc_kwargs = spec if args.encoder is None else {}
     enc_kwargs.pop("embed_dim", None)  # follows each case's CLIP width
     num_points = args.num_points or int(demo["data"].get("num_points", 512))
     repeats = args.repeats or (3 if args.quick else 7)
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     names, names_src = class_names(40)
     templates = list(PROMPT_TEMPLATES)
     points, points_src = query_points(args.batch, num_points)
-    base = {"encoder": enc_name, "encoder_kwargs": enc_kwargs, "clip_pretrained": None}
+    base = {"encoder": {"name": enc_name, **enc_kwargs}, "clip_pretrained": None}
     cases = [
         ("demo: MiniLM text tower", {**base, "clip_model": "spikelight-tiny-clip", "text_model": "minilm"}),
         ("tiny CLIP text tower", {**base, "clip_model": "spikelight-tiny-clip", "text_model": None}),
