@@ -197,7 +197,9 @@ def _make_tracker() -> Any:
         def _pre_fw_hook(self, module: nn.Module, inputs: Any) -> None:
             if module not in self._seen_modules:
                 self._seen_modules.add(module)
-                self._track_module_params_and_buffers(module, install_grad_hooks=True)
+                # frozen modules (e.g. SVL's CLIP towers) get no gradient hooks: torch refuses them
+                hooks = all(p.requires_grad for p in module.parameters())
+                self._track_module_params_and_buffers(module, install_grad_hooks=hooks)
             elif self._mod_tracker.is_bw and self._ac_mod is None:  # outermost recomputed module
                 self._ac_mod = weakref.ref(module)
                 self._in_ac = True
