@@ -40,15 +40,8 @@ class FakeSparseConv3d(torch.nn.Module):
         CALLS["forward"] += 1
         x = SparseTensor(t.features, t.indices.long(), t.spatial_shape, t.batch_size)
         with no_dispatch():  # an external kernel: invisible to dispatch modes (e.g. the energy meter)
-            km = build_kernel_map(
-                x.indices,
-                x.spatial_shape,
-                x.batch_size,
-                kernel_size=self.k,
-                stride=self.stride,
-                padding=self.padding,
-                subm=self.subm,
-            )
+            geometry = dict(kernel_size=self.k, stride=self.stride, padding=self.padding, subm=self.subm)
+            km = build_kernel_map(x.indices, x.spatial_shape, x.batch_size, **geometry)
             f = sparse_conv_reference(x, self.weight, km)
         idx = km.out_indices
         if not self.subm:

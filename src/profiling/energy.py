@@ -291,14 +291,7 @@ class EnergyMeter:
 
     def report(self) -> EnergyReport:
         """Totals and rows per sample over everything counted since the last ``reset``."""
-        return build_report(
-            self._rows,
-            self._neurons,
-            samples=self.samples,
-            e_mac_pj=self.e_mac_pj,
-            e_ac_pj=self.e_ac_pj,
-            module=self.module,
-        )
+        return build_report(self._rows, self._neurons, self.samples, self.e_mac_pj, self.e_ac_pj, self.module)
 
     # -- hooks --------------------------------------------------------------------------------
 

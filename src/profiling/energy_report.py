@@ -109,7 +109,6 @@ def _kind(a: OpCounts) -> str:
 def build_report(
     rows: Mapping[tuple[str, int], OpCounts],
     neurons: Mapping[str, list],
-    *,
     samples: int,
     e_mac_pj: float,
     e_ac_pj: float,
