@@ -50,6 +50,7 @@ __all__ = [
     "FeatureCache",
     "cached_features",
     "register_tiny_clip",
+    "tower_feature_dims",
 ]
 
 TINY_CLIP_NAME = "spikelight-tiny-clip"
@@ -81,6 +82,22 @@ def register_tiny_clip(name: str = TINY_CLIP_NAME, config: dict[str, Any] | None
     if name not in open_clip.list_models():  # pragma: no cover - open_clip API change
         raise RuntimeError(f"open_clip did not register the config {name!r}")
     return name
+
+
+def tower_feature_dims(model_name: str, text_model: str | None = None) -> tuple[int | None, int | None]:
+    """``(image_dim, text_dim)`` of :class:`ClipTowers` read from the open_clip / sentence-encoder config
+    files, nothing built (``None`` where a config does not say, e.g. ``hf-hub:`` models)."""
+    import open_clip
+
+    if model_name in _BUILTIN_CONFIGS:
+        register_tiny_clip(model_name)
+    dim = (open_clip.get_model_config(model_name) or {}).get("embed_dim")
+    image_dim = int(dim) if isinstance(dim, int) else None
+    if text_model is None:
+        return image_dim, image_dim
+    from spikelight.hf import sentence_encoder_dim
+
+    return image_dim, sentence_encoder_dim(text_model)
 
 
 def _resolve_pretrained(model_name: str, pretrained: str | os.PathLike | None) -> str | None:

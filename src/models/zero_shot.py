@@ -18,6 +18,7 @@ in), so the deploy loader can use it without open_clip or transformers.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -26,7 +27,7 @@ from torch import Tensor
 
 from spikelight.models.alignment import AlignmentHead
 
-__all__ = ["DEFAULT_PROMPT_TEMPLATES", "ZeroShotClassifier", "class_prompts", "zero_shot_logits"]
+__all__ = ["DEFAULT_PROMPT_TEMPLATES", "ZeroShotClassifier", "ZeroShotScores", "class_prompts", "zero_shot_logits"]
 
 #: used when neither the task nor the evaluation set gives prompt templates
 DEFAULT_PROMPT_TEMPLATES: tuple[str, ...] = (
@@ -113,3 +114,45 @@ class ZeroShotClassifier:
     def clear(self) -> None:
         """Forget the cached text features (e.g. after the text tower changed)."""
         self._text.clear()
+
+
+@dataclass
+class ZeroShotScores:
+    """Scores of one evaluation set over an epoch: top-1/3/5 (``k <= K``), class-mean accuracy
+    (``MulticlassAccuracy`` ``average="macro"``) and the confusion matrix (rows = true class).
+
+    Build with :meth:`create`; :meth:`update` ignores labels ``< 0`` (unknown); metrics sync across ranks.
+    """
+
+    name: str
+    class_names: tuple[str, ...]
+    prefix: str
+    weight: Tensor
+    metrics: torch.nn.Module
+    confmat: torch.nn.Module
+    count: int = 0
+
+    @classmethod
+    def create(cls, name: str, class_names: Sequence[str], prefix: str, weight: Tensor) -> ZeroShotScores:
+        from torchmetrics import MetricCollection
+        from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+        K = len(class_names)
+        metrics = {f"top{k}": MulticlassAccuracy(num_classes=K, top_k=k, average="micro") for k in (1, 3, 5) if k <= K}
+        metrics["mean_class_acc"] = MulticlassAccuracy(num_classes=K, average="macro")
+        # compute_groups=False: torchmetrics would merge top-k metrics whose states happen to be equal after
+        # the first batch (e.g. all wrong) and then report top-1 as top-3
+        collection = MetricCollection(metrics, compute_groups=False).to(weight.device)
+        confmat = MulticlassConfusionMatrix(num_classes=K).to(weight.device)
+        return cls(name, tuple(class_names), prefix, weight, collection, confmat)
+
+    def update(self, logits: Tensor, labels: Tensor) -> None:
+        labels = labels.to(logits.device)
+        valid = labels >= 0
+        logits, labels = logits[valid], labels[valid]
+        self.metrics.update(logits, labels)
+        self.confmat.update(logits.argmax(-1), labels)
+        self.count += int(labels.numel())
+
+    def compute(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.metrics.compute().items()}

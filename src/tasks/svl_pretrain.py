@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -40,7 +39,7 @@ from torch import Tensor, nn
 from spikelight.losses import MTALoss
 from spikelight.models import ModelConfig, build_model
 from spikelight.models.alignment import AlignmentHead
-from spikelight.models.zero_shot import DEFAULT_PROMPT_TEMPLATES, ZeroShotClassifier
+from spikelight.models.zero_shot import DEFAULT_PROMPT_TEMPLATES, ZeroShotClassifier, ZeroShotScores
 from spikelight.tasks.base import ConfusionResult, SpikelightTask
 
 __all__ = ["SVLPretrain", "default_svl_adamw"]
@@ -49,23 +48,6 @@ __all__ = ["SVLPretrain", "default_svl_adamw"]
 def default_svl_adamw(params) -> torch.optim.Optimizer:
     """SVL's optimiser: AdamW(lr=2e-3, betas=(0.9, 0.98), weight_decay=1e-4)."""
     return torch.optim.AdamW(params, lr=2e-3, betas=(0.9, 0.98), weight_decay=1e-4)
-
-
-def _tower_dims(clip_model: str, text_model: Optional[str]) -> tuple[Optional[int], Optional[int]]:
-    """``(image_dim, text_dim)`` read from the open_clip / sentence-encoder config files (nothing is built)."""
-    import open_clip
-
-    from spikelight.models.clip_towers import _BUILTIN_CONFIGS, register_tiny_clip
-
-    if clip_model in _BUILTIN_CONFIGS:
-        register_tiny_clip(clip_model)
-    dim = (open_clip.get_model_config(clip_model) or {}).get("embed_dim")
-    image_dim = int(dim) if isinstance(dim, int) else None
-    if text_model is None:
-        return image_dim, image_dim
-    from spikelight.hf import sentence_encoder_dim
-
-    return image_dim, sentence_encoder_dim(text_model)
 
 
 def _encoder_spec(spec: ModelConfig, embed_dim: Optional[int], default_dim: int) -> tuple[dict, int]:
@@ -77,19 +59,6 @@ def _encoder_spec(spec: ModelConfig, embed_dim: Optional[int], default_dim: int)
     if "class_path" in spec:
         spec["init_args"] = args
     return spec, dim
-
-
-@dataclass
-class _Head:
-    """One evaluation set during a val/test epoch: class weights, metrics, confusion matrix."""
-
-    name: str
-    class_names: tuple[str, ...]
-    prefix: str
-    weight: Tensor
-    metrics: nn.Module
-    confmat: nn.Module
-    count: int = 0
 
 
 class SVLPretrain(SpikelightTask):
@@ -152,7 +121,9 @@ class SVLPretrain(SpikelightTask):
         self.save_hyperparameters(ignore=["optimizer"])
         teacher = {"clip_model": clip_model, "clip_pretrained": clip_pretrained, "text_model": text_model}
         self.declare_frozen("towers", self._build_towers, seed=tower_seed, describe=teacher)
-        image_dim, text_dim = _tower_dims(clip_model, text_model)
+        from spikelight.models.clip_towers import tower_feature_dims
+
+        image_dim, text_dim = tower_feature_dims(clip_model, text_model)
         image_dim, text_dim = clip_image_dim or image_dim, clip_text_dim or text_dim
         if image_dim is None or text_dim is None:  # e.g. hf-hub: models: probe the built towers
             image_dim, text_dim = self.towers.image_dim, self.towers.text_dim
@@ -165,7 +136,7 @@ class SVLPretrain(SpikelightTask):
                            mse_on=mse_on)  # type: ignore[arg-type]  # fmt: skip
         self.zero_shot = ZeroShotClassifier(encode_text=self.encode_texts, align=self.align,
                                             templates=prompt_templates)  # fmt: skip
-        self._heads: dict[str, Optional[list[_Head]]] = {}  # stage -> heads (None: epoch not scored)
+        self._heads: dict[str, Optional[list[ZeroShotScores]]] = {}  # stage -> heads (None: epoch not scored)
 
     # ================================================================== frozen towers
     def _build_towers(self) -> nn.Module:
@@ -252,23 +223,13 @@ class SVLPretrain(SpikelightTask):
         sets = getattr(eval_set, "prompt_templates", None)
         return list(self.hparams.prompt_templates or sets or DEFAULT_PROMPT_TEMPLATES)
 
-    def _prepare_zero_shot(self, stage: str) -> list[_Head]:
-        from torchmetrics import MetricCollection
-        from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
-
+    def _prepare_zero_shot(self, stage: str) -> list[ZeroShotScores]:
         heads = []
         for i, s in enumerate(self.eval_sets()):
-            K = len(s.class_names)
-            metrics = {f"top{k}": MulticlassAccuracy(num_classes=K, top_k=k, average="micro") for k in (1, 3, 5)
-                       if k <= K}  # fmt: skip
-            metrics["mean_class_acc"] = MulticlassAccuracy(num_classes=K, average="macro")
-            # compute_groups=False: torchmetrics would merge top-k metrics whose states happen to be equal
-            # after the first batch (all wrong), and then report top-1 as top-3
             with torch.no_grad():
                 weight = self.zero_shot.weights(s.class_names, self.templates_for(s)).float()
-            heads.append(_Head(s.name, tuple(s.class_names), stage if i == 0 else _set_prefix(stage, s.name), weight,
-                               MetricCollection(metrics, compute_groups=False).to(self.device),
-                               MulticlassConfusionMatrix(num_classes=K).to(self.device)))  # fmt: skip
+            prefix = stage if i == 0 else _set_prefix(stage, s.name)
+            heads.append(ZeroShotScores.create(s.name, s.class_names, prefix, weight))
         self._heads[stage] = heads
         return heads
 
@@ -280,7 +241,7 @@ class SVLPretrain(SpikelightTask):
         last = max_epochs is not None and max_epochs > 0 and epoch + 1 >= max_epochs
         return last or (epoch + 1) % self.hparams.zero_shot_every_n_epochs == 0
 
-    def _head(self, stage: str, dataloader_idx: int) -> _Head:
+    def _head(self, stage: str, dataloader_idx: int) -> ZeroShotScores:
         heads = self._heads.get(stage) or self._prepare_zero_shot(stage)
         if dataloader_idx >= len(heads):
             raise ValueError(f"SVLPretrain: {stage} dataloader {dataloader_idx} has no evaluation set: the "
@@ -299,12 +260,7 @@ class SVLPretrain(SpikelightTask):
             return None
         head = self._head(stage, dataloader_idx)
         logits = self.zero_shot.logits(self(batch["points"]), head.weight)
-        labels = batch["label"].to(logits.device)
-        valid = labels >= 0
-        logits, labels = logits[valid], labels[valid]
-        head.metrics.update(logits, labels)
-        head.confmat.update(logits.argmax(-1), labels)
-        head.count += int(labels.numel())
+        head.update(logits, batch["label"])
         return logits
 
     def _eval_epoch_end(self, stage: str) -> None:
@@ -314,7 +270,7 @@ class SVLPretrain(SpikelightTask):
             count = torch.tensor(float(head.count), device=self.device)
             if trainer is not None and trainer.world_size > 1:
                 count = trainer.strategy.reduce(count, reduce_op="sum")
-            values = {k: float(v) for k, v in head.metrics.compute().items()}
+            values = head.compute()
             for k, v in values.items():
                 self.log(f"{head.prefix}/{k}", v, prog_bar=(k == "top1" and i == 0), add_dataloader_idx=False)
             self.confusion_matrices[head.name] = ConfusionResult(
