@@ -31,8 +31,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from spikelight.callbacks.firing_rates import is_wandb, log_to_wandb, plot_firing_rates
+from spikelight.callbacks.firing_rates import log_to_wandb, plot_firing_rates
 from spikelight.datamodules.base import batch_size_of
+from spikelight.loggers import is_wandb
 from spikelight.profiling.energy import E_AC_PJ, E_MAC_PJ, EnergyMeter, EnergyReport
 
 __all__ = ["SpikeEnergy"]

@@ -11,18 +11,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from spikelight.profiling.energy_report import EnergyReport
 
-__all__ = ["is_wandb", "log_to_wandb", "plot_firing_rates"]
+__all__ = ["log_to_wandb", "plot_firing_rates"]
 
 _LAYER_COLUMNS = ["name", "type", "op", "kind", "flops", "firing_rate_in", "ops", "energy_mj"]
-
-
-def is_wandb(logger: Any) -> bool:
-    """Whether ``logger`` is Lightning's ``WandbLogger`` (or a subclass, e.g. ``spikelight.loggers``)."""
-    try:
-        from lightning.pytorch.loggers import WandbLogger
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(logger, WandbLogger)
 
 
 def plot_firing_rates(report: EnergyReport, path: str) -> None:

@@ -28,8 +28,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import _spconv_standin
+import lightning
 import pytest
 import torch
 from einops import rearrange
@@ -401,49 +403,45 @@ def test_spconv_cpu_products_are_counted_like_ours():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_spike_energy_callback(tmp_path):
-    import lightning as L
-    from lightning.pytorch.loggers import CSVLogger
+class TinyLit(lightning.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(4, 8), ILIF(D=4), nn.Linear(8, 3))
+        self.tower = nn.Linear(4, 4)  # outside "encoder": not counted
+
+    def forward(self, x):
+        # x: [B, 4] -> T=1 inside the encoder
+        h = self.encoder[1](self.encoder[0](x).unsqueeze(0))[0]
+        return self.encoder[2](h)
+
+    def step(self, batch):
+        x, y = batch
+        self.tower(x)
+        return nn.functional.cross_entropy(self(x), y)
+
+    def training_step(self, batch, batch_idx):
+        return self.step(batch)
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", self.step(batch))
+
+    def test_step(self, batch, batch_idx):
+        self.log("test/loss", self.step(batch))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def _energy_fit(tmp_path, cb, logger):
     from torch.utils.data import DataLoader, TensorDataset
-
-    from spikelight.callbacks import SpikeEnergy
-
-    class TinyLit(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.encoder = nn.Sequential(nn.Linear(4, 8), ILIF(D=4), nn.Linear(8, 3))
-            self.tower = nn.Linear(4, 4)  # outside "encoder": not counted
-
-        def forward(self, x):
-            # x: [B, 4] -> T=1 inside the encoder
-            h = self.encoder[1](self.encoder[0](x).unsqueeze(0))[0]
-            return self.encoder[2](h)
-
-        def step(self, batch):
-            x, y = batch
-            self.tower(x)
-            return nn.functional.cross_entropy(self(x), y)
-
-        def training_step(self, batch, batch_idx):
-            return self.step(batch)
-
-        def validation_step(self, batch, batch_idx):
-            self.log("val/loss", self.step(batch))
-
-        def test_step(self, batch, batch_idx):
-            self.log("test/loss", self.step(batch))
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.01)
 
     g = torch.Generator().manual_seed(0)
     ds = TensorDataset(torch.randn(16, 4, generator=g) * 3, torch.randint(0, 3, (16,), generator=g))
-    cb = SpikeEnergy(module="encoder", num_batches=1)
-    trainer = L.Trainer(
+    trainer = lightning.Trainer(
         max_epochs=1,
         limit_train_batches=2,
         limit_val_batches=2,
-        logger=CSVLogger(tmp_path),
+        logger=logger,
         default_root_dir=tmp_path,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -453,6 +451,17 @@ def test_spike_energy_callback(tmp_path):
     )
     model = TinyLit()
     trainer.fit(model, DataLoader(ds, batch_size=4), DataLoader(ds, batch_size=4))
+    return trainer, model, ds
+
+
+def test_spike_energy_callback(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.utils.data import DataLoader
+
+    from spikelight.callbacks import SpikeEnergy
+
+    cb = SpikeEnergy(module="encoder", num_batches=1)
+    trainer, model, ds = _energy_fit(tmp_path, cb, CSVLogger(tmp_path))
 
     data = json.loads((tmp_path / "energy.json").read_text())
     for k in (
@@ -487,3 +496,22 @@ def test_spike_energy_callback(tmp_path):
     trainer.test(model, DataLoader(ds, batch_size=8), verbose=False)
     data = json.loads((tmp_path / "energy.json").read_text())
     assert data["stage"] == "test" and data["samples"] == 8
+
+
+def test_spike_energy_logs_interactive_firing_rates_to_wandb(tmp_path):
+    """With W&B as logger: the PNG on disk, and in the (offline) run the layer table, the image and the
+    table of an interactive bar chart with one row per neuron layer."""
+    from spikelight.callbacks import SpikeEnergy
+    from spikelight.loggers import OfflineWandbLogger
+
+    logger = OfflineWandbLogger(offline=True, save_dir=str(tmp_path), project="t")
+    trainer, _, _ = _energy_fit(tmp_path, SpikeEnergy(module="encoder", num_batches=1), logger)
+    media = Path(logger.experiment.dir) / "media"
+    logger.experiment.finish()
+    assert (tmp_path / "firing_rates.png").stat().st_size > 0
+    assert list(media.glob("images/energy/firing_rates_*.png"))
+    (layers,) = [json.loads(p.read_text()) for p in media.glob("table/energy/layers_*.table.json")]
+    assert [row[0] for row in layers["data"]] == ["encoder.0", "encoder.2"]
+    tables = [json.loads(p.read_text()) for p in media.glob("table/energy/firing_rates_chart*.table.json")]
+    assert tables and tables[0]["columns"] == ["layer", "firing_rate"]
+    assert [row[0] for row in tables[0]["data"]] == ["encoder.1"]
