@@ -482,10 +482,16 @@ def test_non_contiguous_input(make):
     assert torch.allclose(g1.transpose(0, 1), g2)
 
 
-def test_double_backward_is_refused():
+@pytest.mark.parametrize("neuron", [LIF, ILIF])
+def test_double_backward_is_refused(neuron):
+    # grad_outputs that require grad make the first-order gradient part of a graph: differentiating it
+    # again must raise (the fused backward is first-order only), not return a silent zero.
     x = torch.randn(2, 3, requires_grad=True)
-    (gx,) = torch.autograd.grad(LIF()(x).sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError):
+    y = neuron()(x)
+    g = torch.ones_like(y, requires_grad=True)
+    (gx,) = torch.autograd.grad(y, x, grad_outputs=g, create_graph=True)
+    assert gx.requires_grad
+    with pytest.raises(RuntimeError, match="differentiate twice"):
         gx.sum().backward()
 
 
@@ -499,8 +505,9 @@ def test_bad_layout_errors():
 def test_package_exports():
     import spikelight.nn as snn
 
-    for name in ("ILIF", "LIF", "BinarySpike", "SpikingNeuron", "unfold_spikes"):
-        assert hasattr(snn, name)
+    for name in ("ILIF", "LIF", "BinarySpike", "SpikingNeuron", "unfold_spikes", "spike_driven_forward"):
+        assert getattr(snn, name) is getattr(N, name), name
+    assert set(snn.__all__) >= {"ILIF", "LIF", "BinarySpike", "SpikingNeuron", "surrogate", "surrogate_grad"}
 
 
 # ---------------------------------------------------------------------------------------------
