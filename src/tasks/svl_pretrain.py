@@ -75,7 +75,8 @@ class SVLPretrain(SpikelightTask):
             ``image_feat`` / ``text_feat``); default: read from the model configs.
         clip_cache_dir: open_clip download cache for tags.
         feature_cache: folder of the on-disk text feature cache; ``None``: in-memory only.
-        tower_seed: RNG seed the towers are built under (random weights come back identical after a load).
+        tower_seed: RNG seed the towers are built under (random weights come back identical after a load);
+            ``None``: the global RNG at first use (the behaviour before; random towers differ after a reload).
         lambda_text, lambda_image, lambda_mse, mse_on: :class:`~spikelight.losses.MTALoss`.
         init_temperature, max_logit_scale: :class:`~spikelight.models.alignment.AlignmentHead`.
         zero_shot_every_n_epochs: during ``fit``, score zero-shot when ``(epoch + 1) % n == 0`` and in the
@@ -99,7 +100,7 @@ class SVLPretrain(SpikelightTask):
         clip_text_dim: Optional[int] = None,
         clip_cache_dir: Optional[str] = None,
         feature_cache: Optional[str] = None,
-        tower_seed: int = 0,
+        tower_seed: Optional[int] = 0,
         lambda_text: float = 1.0,
         lambda_image: float = 1.0,
         lambda_mse: float = 1.0,
