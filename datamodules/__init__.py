@@ -19,7 +19,8 @@ key            meaning
 =============  ==============================================================================
 
 Modules: ``base`` (``SpikelightDataModule``: the shared loaders and per-rank batch size; ``EvalSet``: the
-evaluation-set contract; ``batch_size_of``; ``collate_dict``), ``synthetic`` (toy), ``pointcloud/``
+evaluation-set contract; ``batch_size_of``; ``collate_dict``; ``DataError``: a bad data file, one line
+``"<file>: <problem>"`` in the main process and in DataLoader workers), ``synthetic`` (toy), ``pointcloud/``
 (ModelNet40, ScanObjectNN, ShapeNet-55/ULIP, OpenShape, procedural 3D triplets), ``images/`` (ImageNet,
 synthetic shapes), ``events/`` (DVS128 Gesture, N-MNIST / N-CARS / AEDAT readers; synthetic DVS).
 Every DataModule is importable from here (loaded on first use).
@@ -30,7 +31,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from spikelight.datamodules.base import EvalSet, SpikelightDataModule, batch_size_of, collate_dict
+from spikelight.datamodules.base import DataError, EvalSet, SpikelightDataModule, batch_size_of, collate_dict
 
 _LAZY = {
     "ToyDataModule": "synthetic",
@@ -47,7 +48,7 @@ _LAZY = {
     "EventDataModule": "events",
 }
 
-__all__ = ["EvalSet", "SpikelightDataModule", "batch_size_of", "collate_dict", *_LAZY]
+__all__ = ["DataError", "EvalSet", "SpikelightDataModule", "batch_size_of", "collate_dict", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

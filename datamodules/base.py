@@ -7,6 +7,8 @@
 * :func:`batch_size_of`: the number of samples of a batch (the one definition used by tasks,
   callbacks and benchmarks).
 * :func:`collate_dict`: stacks per-sample dicts into the batch convention (tensors stacked, strings listed).
+* :class:`DataError`: a bad data file, ``"<file>: <problem>"`` on one line, in the main process and in a
+  DataLoader worker alike (every reader in spikelight.datamodules raises it).
 * :class:`SpikelightDataModule`: the dataloader plumbing every DataModule shares (train / val / test /
   predict loaders, per-rank batch size, workers, pinned memory, collate). A subclass builds its datasets
   in ``setup`` and stores them in ``train_set``, ``val_set`` (one dataset, or a ``{name: dataset}`` dict
@@ -15,6 +17,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +28,36 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["EvalSet", "batch_size_of", "collate_dict", "SpikelightDataModule"]
+__all__ = ["DataError", "EvalSet", "batch_size_of", "collate_dict", "SpikelightDataModule"]
+
+
+class DataError(ValueError):
+    """A bad data file: ``str(e) == "<path>: <problem>"`` on one line; ``e.path``, ``e.problem``.
+
+    ``DataError(path, problem)``, or ``DataError("<path>: <problem>")`` (one string, as pickling does).
+    A DataLoader worker's exception comes back to the main process as ``type(e)(text)`` where ``text`` is
+    the worker's whole traceback (``torch._utils.ExceptionWrapper.reraise``); that text is taken back here
+    to the original line, plus where it happened: ``"<path>: <problem> (in DataLoader worker process 3)"``.
+    """
+
+    _WORKER = re.compile(r"Caught \w+ (in [^\n]*?)\.\nOriginal ")
+
+    def __init__(self, path: Any, problem: str | None = None) -> None:
+        if problem is None:
+            path, problem = self._split(str(path))
+        self.path = None if path is None else str(path)
+        self.problem = " ".join(str(problem).split())  # one line, whatever the cause printed
+        super().__init__(self.problem if self.path is None else f"{self.path}: {self.problem}")
+
+    @classmethod
+    def _split(cls, text: str) -> tuple[str | None, str]:
+        where = cls._WORKER.match(text)
+        if where is not None:  # a worker's traceback: keep the text after the last "<module>.<class>: "
+            marker = f"{cls.__module__}.{cls.__qualname__}: "
+            text = text[text.rfind(marker) + len(marker):] if marker in text else text.strip().splitlines()[-1]
+            text = f"{text.strip()} ({where.group(1)})"
+        path, sep, problem = text.partition(": ")
+        return (path, problem) if sep else (None, text)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from spikelight.datamodules.base import DataError
 from spikelight.datamodules.events.base import EventDataModule
 from spikelight.datamodules.events.io import (
     DVSGESTURE_CLASSES,
@@ -125,7 +126,8 @@ class DVSGestureDataset(Dataset):
 
     def _bad(self, path: Path, problem: str) -> None:
         if not self.skip_bad:
-            raise ValueError(f"{path}: {problem}\n{DVSGESTURE_LAYOUT}")
+            raise DataError(path, f"{problem} (expected ibmGesture{{Train,Test}}/userXX_<lighting>/<label>.npy, "
+                                  "each an (N, 4) array x, y, p, t[ms]; skip_bad=True skips such files)")
         self.skipped.append((path, problem))
 
     @property
@@ -143,18 +145,28 @@ class DVSGestureDataset(Dataset):
         for k in range(tries):
             i = (index + k) % len(self)
             try:
-                ev = self.load(i)
-            except ValueError as e:
+                item = self._read(i)
+            except DataError as e:
                 if not self.skip_bad:
                     raise
                 warnings.warn(f"skip_bad: replacing unreadable sample ({e})", stacklevel=2)
                 continue
+            return item
+        raise DataError(self.split_dir, f"skip_bad: {tries} unreadable samples in a row from index {index}")
+
+    def _read(self, i: int) -> dict[str, Any]:
+        """Sample ``i`` read and transformed; any ``ValueError`` becomes a :class:`DataError` naming its file."""
+        try:
+            ev = self.load(i)
             if self.transform is None:
                 return {"raw": ev, "label": self.labels[i]}
             item = dict(self.transform(ev, sample_rng(self.train, self.seed, i)))
-            item["label"] = torch.tensor(self.labels[i], dtype=torch.int64)
-            return item
-        raise ValueError(f"skip_bad: {tries} unreadable samples in a row from index {index} in '{self.split_dir}'")
+        except DataError:
+            raise
+        except ValueError as e:
+            raise DataError(self.files[i], str(e)) from e
+        item["label"] = torch.tensor(self.labels[i], dtype=torch.int64)
+        return item
 
 
 

@@ -1,78 +1,80 @@
 """DVS event readers: every reader returns :data:`EVENT_DTYPE` events (fields ``x, y, p, t``, ``t`` in
-microseconds), raises ``ValueError("<file>: <problem>")`` on corrupt or truncated input and
-``FileNotFoundError`` when the file is missing. See :mod:`spikelight.datamodules.events` for the table.
+microseconds), raises :class:`~spikelight.datamodules.base.DataError` (a ``ValueError``, ``"<file>: <problem>"``
+on one line, also through DataLoader workers) on corrupt or truncated input and ``FileNotFoundError`` when the
+file is missing. See :mod:`spikelight.datamodules.events` for the table. ``tonic``, ``aedat`` and
+``expelliarmus`` (the ``[events]`` extra) are imported by the readers that use them, on first use.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Optional, Union
 
 import numpy as np
 
-try:  # tonic (neuromorphs/tonic): event dtype, readers, ToFrame / Denoise. Optional at import time.
-    import tonic
-    import tonic.io
-    import tonic.transforms
-    from tonic.datasets import DVSGesture as _TonicDVSGesture
-except ImportError:  # pragma: no cover - tonic is a declared dependency
-    tonic = None
-    _TonicDVSGesture = None
-
+from spikelight.datamodules.base import DataError
 
 PathLike = Union[str, Path]
 SensorSize = tuple[int, int, int]  # (W, H, P) like tonic
 
-#: The event dtype (fields x, y, p, t; t in microseconds) - tonic's DVSGesture dtype.
+#: The event dtype (fields x, y, p, t; t in microseconds) - tonic's DVSGesture dtype (a test checks it).
 EVENT_DTYPE = np.dtype([("x", np.int16), ("y", np.int16), ("p", bool), ("t", np.int64)])
-if _TonicDVSGesture is not None:
-    EVENT_DTYPE = np.dtype(_TonicDVSGesture.dtype)
 
 #: DVS128 Gesture class names (label = index), as in ``tonic.datasets.DVSGesture.classes``.
-DVSGESTURE_CLASSES: list[str] = (
-    list(_TonicDVSGesture.classes) if _TonicDVSGesture is not None else [
-        "Hand clapping", "Right hand wave", "Left hand wave", "Right arm cw", "Right arm ccw",
-        "Left arm cw", "Left arm ccw", "Arm roll", "Air drums", "Air guitar", "Other gestures"]
-)
+DVSGESTURE_CLASSES: list[str] = [
+    "Hand clapping", "Right hand wave", "Left hand wave", "Right arm cw", "Right arm ccw",
+    "Left arm cw", "Left arm ccw", "Arm roll", "Air drums", "Air guitar", "Other gestures"]
 DVSGESTURE_SENSOR_SIZE: SensorSize = (128, 128, 2)
 NMNIST_SENSOR_SIZE: SensorSize = (34, 34, 2)
 NCARS_SENSOR_SIZE: SensorSize = (120, 100, 2)
 
-def tonic_required(what: str) -> None:
-    if tonic is None:
-        raise ImportError(f"{what} needs the 'tonic' package (pip install tonic)")
+
+def import_tonic(what: str) -> ModuleType:
+    """``tonic`` with ``tonic.io`` and ``tonic.transforms`` loaded (imported on first use: the ``[events]`` extra)."""
+    try:
+        import tonic
+        import tonic.io
+        import tonic.transforms
+    except ImportError as e:
+        raise ImportError(f"{what} needs the 'tonic' package: pip install 'spikelight[events]'") from e
+    return tonic
 
 
 def as_events(arr: np.ndarray, *, source: Optional[PathLike] = None) -> np.ndarray:
     """Convert any structured array with fields ``x, y, p, t`` (any order / integer widths, ``p`` bool
     or int, titled fields like aedat's ``('p', 'on')``) to :data:`EVENT_DTYPE`.
 
-    Raises ValueError (naming ``source`` when given) when a field is missing or ``p`` is not 0/1.
+    Raises DataError naming ``source`` (ValueError without it) when a field is missing or ``p`` is not 0/1.
     """
-    where = f"{source}: " if source is not None else ""
     names = tuple(arr.dtype.fields or ())  # includes titles, e.g. aedat's ('p', 'on')
     missing = [f for f in ("x", "y", "p", "t") if f not in names]
     if missing:
-        raise ValueError(f"{where}event array lacks field(s) {missing}; has {list(names)}")
+        raise _bad(source, f"event array lacks field(s) {missing}; has {list(names)}")
     out = np.empty(arr.shape[0], dtype=EVENT_DTYPE)
     p = np.asarray(arr["p"])
     if p.dtype != np.bool_ and p.size and not np.isin(p, (0, 1)).all():
-        raise ValueError(f"{where}polarity values must be 0/1, got {np.unique(p)[:8].tolist()}")
+        raise _bad(source, f"polarity values must be 0/1, got {np.unique(p)[:8].tolist()}")
     out["x"], out["y"], out["p"] = arr["x"], arr["y"], p.astype(bool)
     out["t"] = np.asarray(arr["t"]).astype(np.int64)
     return out
 
 
+def _bad(source: Optional[PathLike], problem: str) -> ValueError:
+    """A :class:`DataError` naming ``source``; a plain ``ValueError`` for an array with no file."""
+    return ValueError(problem) if source is None else DataError(source, problem)
+
+
 def _check_events(ev: np.ndarray, sensor_size: Optional[SensorSize], source: PathLike, fmt: str) -> np.ndarray:
     if ev.shape[0] == 0:
-        raise ValueError(f"{source}: {fmt} file contains no events")
+        raise DataError(source, f"{fmt} file contains no events")
     if sensor_size is not None:
         w, h = int(sensor_size[0]), int(sensor_size[1])
         for f, lim in (("x", w), ("y", h)):
             lo, hi = int(ev[f].min()), int(ev[f].max())
             if lo < 0 or hi >= lim:
-                raise ValueError(f"{source}: {fmt} event {f} range [{lo}, {hi}] is outside the sensor "
+                raise DataError(source, f"{fmt} event {f} range [{lo}, {hi}] is outside the sensor "
                                  f"(0..{lim - 1}); wrong format or corrupt file")
     return ev
 
@@ -97,22 +99,22 @@ def read_dvsgesture_npy(path: PathLike, *, sensor_size: SensorSize = DVSGESTURE_
     try:
         arr = np.load(path, allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - any numpy failure means a corrupt file
-        raise ValueError(f"{path}: cannot be read as a .npy array ({type(e).__name__}: {e})") from e
+        raise DataError(path, f"cannot be read as a .npy array ({type(e).__name__}: {e})") from e
     if arr.ndim != 2 or arr.shape[1] != 4:
-        raise ValueError(f"{path}: expected an (N, 4) array with columns x, y, p, t[ms] (tonic DVSGesture "
+        raise DataError(path, f"expected an (N, 4) array with columns x, y, p, t[ms] (tonic DVSGesture "
                          f"layout), got shape {arr.shape}")
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise ValueError(f"{path}: expected a numeric array, got dtype {arr.dtype}")
+        raise DataError(path, f"expected a numeric array, got dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
-        raise ValueError(f"{path}: array contains NaN or inf")
+        raise DataError(path, "array contains NaN or inf")
     ev = np.empty(arr.shape[0], dtype=EVENT_DTYPE)
     p = arr[:, 2]
     if p.size and not np.isin(p, (0, 1)).all():
-        raise ValueError(f"{path}: polarity column (2) must hold 0/1, got {np.unique(p)[:8].tolist()}")
+        raise DataError(path, f"polarity column (2) must hold 0/1, got {np.unique(p)[:8].tolist()}")
     for col, f in ((0, "x"), (1, "y")):
         c = arr[:, col]
         if c.size and (c.min() < -32768 or c.max() > 32767):
-            raise ValueError(f"{path}: column {col} ({f}) out of range: [{c.min()}, {c.max()}]")
+            raise DataError(path, f"column {col} ({f}) out of range: [{c.min()}, {c.max()}]")
         ev[f] = c
     ev["p"] = p.astype(bool)
     if np.issubdtype(arr.dtype, np.integer):
@@ -128,11 +130,11 @@ def read_nmnist_bin(path: PathLike, *, sensor_size: SensorSize = NMNIST_SENSOR_S
 
     ``sensor_size`` is checked against the event coordinates (pass None to skip, e.g. N-Caltech101).
     """
-    tonic_required("read_nmnist_bin")
+    tonic = import_tonic("read_nmnist_bin")
     path = _require_file(path, "N-MNIST .bin")
     size = path.stat().st_size
     if size == 0 or size % 5:
-        raise ValueError(f"{path}: N-MNIST .bin size {size} bytes is not a positive multiple of 5 "
+        raise DataError(path, f"N-MNIST .bin size {size} bytes is not a positive multiple of 5 "
                          f"(40-bit events); truncated or not an N-MNIST file")
     raw = tonic.io.read_mnist_file(str(path), dtype=np.dtype([("x", np.int64), ("y", np.int64),
                                                              ("t", np.int64), ("p", np.int64)]))
@@ -151,7 +153,7 @@ def _dat_header(path: Path) -> tuple[int, int, int]:
         f.seek(pos)
         ts = f.read(2)
     if len(ts) < 2:
-        raise ValueError(f"{path}: DAT file ends inside its header (no event type / size bytes)")
+        raise DataError(path, "DAT file ends inside its header (no event type / size bytes)")
     return pos + 2, ts[0], ts[1]
 
 
@@ -164,22 +166,22 @@ def read_ncars_dat(path: PathLike, *, sensor_size: Optional[SensorSize] = NCARS_
     path = _require_file(path, "DAT")
     start, _etype, esize = _dat_header(path)
     if esize != 8:
-        raise ValueError(f"{path}: DAT event size byte is {esize}, expected 8 (2D CD events)")
+        raise DataError(path, f"DAT event size byte is {esize}, expected 8 (2D CD events)")
     nbytes = path.stat().st_size - start
     if nbytes <= 0:
-        raise ValueError(f"{path}: DAT file contains no events")
+        raise DataError(path, "DAT file contains no events")
     if nbytes % 8:
-        raise ValueError(f"{path}: DAT payload of {nbytes} bytes is not a multiple of 8; truncated file")
+        raise DataError(path, f"DAT payload of {nbytes} bytes is not a multiple of 8; truncated file")
     try:
         import expelliarmus
     except ImportError as e:  # pragma: no cover
-        raise ImportError("read_ncars_dat needs 'expelliarmus' (installed with tonic)") from e
+        raise ImportError("read_ncars_dat needs 'expelliarmus': pip install 'spikelight[events]'") from e
     try:
         raw = expelliarmus.Wizard(encoding="dat").read(str(path))
     except Exception as e:  # noqa: BLE001
-        raise ValueError(f"{path}: could not decode DAT events ({type(e).__name__}: {e})") from e
+        raise DataError(path, f"could not decode DAT events ({type(e).__name__}: {e})") from e
     if raw is None or len(raw) != nbytes // 8:
-        raise ValueError(f"{path}: decoded {0 if raw is None else len(raw)} events, expected {nbytes // 8}")
+        raise DataError(path, f"decoded {0 if raw is None else len(raw)} events, expected {nbytes // 8}")
     return _check_events(as_events(raw, source=path), sensor_size, path, "DAT")
 
 
@@ -190,12 +192,12 @@ def aedat4_sensor_size(path: PathLike) -> SensorSize:
         import aedat
         streams = aedat.Decoder(str(path)).id_to_stream()
     except ImportError as e:
-        raise ImportError("AEDAT4 needs the 'aedat' package (pip install aedat)") from e
+        raise ImportError("AEDAT4 needs the 'aedat' package: pip install 'spikelight[events]'") from e
     except Exception as e:  # noqa: BLE001
-        raise ValueError(f"{path}: not a readable AEDAT4 file ({type(e).__name__}: {e})") from e
+        raise DataError(path, f"not a readable AEDAT4 file ({type(e).__name__}: {e})") from e
     ev = sorted(k for k, s in streams.items() if s.get("type") == "events")
     if not ev:
-        raise ValueError(f"{path}: AEDAT4 file has no event stream (streams: {streams})")
+        raise DataError(path, f"AEDAT4 file has no event stream (streams: {streams})")
     s = streams[ev[0]]
     return int(s["width"]), int(s["height"]), 2
 
@@ -205,12 +207,12 @@ def read_aedat4(path: PathLike, *, return_sensor_size: bool = False):
 
     Returns events (``t`` absolute microseconds), or ``(events, (W, H, 2))`` with ``return_sensor_size``.
     """
-    tonic_required("read_aedat4")
+    tonic = import_tonic("read_aedat4")
     size = aedat4_sensor_size(path)  # also checks the file and the aedat package
     try:
         raw = tonic.io.read_aedat4(str(path))
     except Exception as e:  # noqa: BLE001
-        raise ValueError(f"{path}: could not decode AEDAT4 events ({type(e).__name__}: {e})") from e
+        raise DataError(path, f"could not decode AEDAT4 events ({type(e).__name__}: {e})") from e
     ev = _check_events(as_events(raw, source=path), size, path, "AEDAT4")
     return (ev, size) if return_sensor_size else ev
 
@@ -230,7 +232,7 @@ def read_aedat2(path: PathLike, *, chip: Optional[str] = None, return_sensor_siz
     only, bit 31 clear) ``p = (a >> 11) & 1, x = 345 - ((a >> 12) & 0x3FF), y = 259 - ((a >> 22) & 0x1FF)``.
     ``p`` is the raw address bit.
 
-    Raises ValueError naming the file for a truncated header (a preferences block that never ends),
+    Raises DataError naming the file for a truncated header (a preferences block that never ends),
     a payload that is not a whole number of 8-byte events, or a file with no events.
     """
     path = _require_file(path, "AEDAT")
@@ -252,25 +254,25 @@ def read_aedat2(path: PathLike, *, chip: Optional[str] = None, return_sensor_siz
         elif line.lower().startswith("#end of ascii header"):  # newer jAER files: the header ends here
             break
     if version is None:
-        raise ValueError(f"{path}: not an AEDAT file (no '#!AER-DAT' version line)")
+        raise DataError(path, "not an AEDAT file (no '#!AER-DAT' version line)")
     if not version.startswith("2."):
-        raise ValueError(f"{path}: AEDAT version {version} is not supported here (only 2.0; use read_aedat4 for "
+        raise DataError(path, f"AEDAT version {version} is not supported here (only 2.0; use read_aedat4 for "
                          f"AEDAT4 or tonic.io for 3.1)")
     payload = len(data) - pos
     if prefs_open and payload == 0:
-        raise ValueError(f"{path}: truncated AEDAT {version} file: the header is cut off inside the "
+        raise DataError(path, f"truncated AEDAT {version} file: the header is cut off inside the "
                          f"preferences block ('#Start of Preferences' without '#End of Preferences') and "
                          f"no events follow")
     if payload == 0:
-        raise ValueError(f"{path}: AEDAT {version} file has a header but no events")
+        raise DataError(path, f"AEDAT {version} file has a header but no events")
     if payload % 8:
-        raise ValueError(f"{path}: AEDAT {version} payload of {payload} bytes is not a whole number of "
+        raise DataError(path, f"AEDAT {version} payload of {payload} bytes is not a whole number of "
                          f"8-byte events; truncated or corrupt file")
     if chip is None:
         name = (aechip or "").lower()
         chip = "dvs128" if "dvs128" in name else "davis346" if "davis346" in name else None
         if chip is None:
-            raise ValueError(f"{path}: cannot tell the sensor from AEChip '{aechip}'; pass chip='dvs128' or "
+            raise DataError(path, f"cannot tell the sensor from AEChip '{aechip}'; pass chip='dvs128' or "
                              f"'davis346'")
     if chip not in _AEDAT2_CHIPS:
         raise ValueError(f"chip must be one of {sorted(_AEDAT2_CHIPS)}, got {chip!r}")
@@ -298,5 +300,5 @@ def read_events(path: PathLike) -> np.ndarray:
     }
     suffix = path.suffix.lower()
     if suffix not in readers:
-        raise ValueError(f"{path}: unknown event file type '{suffix}' (known: {sorted(readers)})")
+        raise DataError(path, f"unknown event file type '{suffix}' (known: {sorted(readers)})")
     return readers[suffix](path)

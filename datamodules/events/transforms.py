@@ -12,8 +12,7 @@ from spikelight.datamodules.events.io import (
     DVSGESTURE_SENSOR_SIZE,
     EVENT_DTYPE,
     SensorSize,
-    tonic,
-    tonic_required,
+    import_tonic,
 )
 
 __all__ = ["time_window", "events_to_frames", "events_to_points", "denoise", "EventRepresentation", "sample_rng"]
@@ -101,7 +100,7 @@ def events_to_frames(events: np.ndarray, *, sensor_size: SensorSize, n_frames: i
         raise ValueError(f"events outside the sensor {W}x{H}: x in [{x.min()}, {x.max()}], "
                          f"y in [{y.min()}, {y.max()}]")
     if backend == "tonic":
-        tonic_required("events_to_frames(backend='tonic')")
+        tonic = import_tonic("events_to_frames(backend='tonic')")
         if t_start is not None or t_end is not None:
             raise ValueError("backend='tonic' does not take t_start / t_end")
         ev = np.empty(len(events), EVENT_DTYPE)
@@ -194,7 +193,7 @@ def events_to_points(events: np.ndarray, *, sensor_size: SensorSize, num_points:
 def denoise(events: np.ndarray, *, filter_time_us: float) -> np.ndarray:
     """``tonic.transforms.Denoise``: drop events with no neighbour (4-connected pixel) event within
     ``filter_time_us`` before them. Pure-Python loop in tonic: ~1 s per 10^5-10^6 events."""
-    tonic_required("denoise")
+    tonic = import_tonic("denoise")
     if len(events) == 0:
         return events
     ev = events[np.argsort(events["t"], kind="stable")]

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 
-from spikelight.datamodules.base import SpikelightDataModule
+from spikelight.datamodules.base import DataError, SpikelightDataModule
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
@@ -104,12 +104,8 @@ def _short_name(full: str) -> str:
 # ----------------------------------------------------------------------------------------------
 # ImageFolder with clear errors for bad files
 # ----------------------------------------------------------------------------------------------
-class BadImageError(RuntimeError):
-    """An image file could not be decoded; ``path`` names it."""
-
-    def __init__(self, message: str, path: Optional[str] = None) -> None:
-        super().__init__(message)
-        self.path = path
+class BadImageError(DataError):
+    """An image file could not be decoded: ``"<file>: <problem>"`` on one line; ``path`` names the file."""
 
 
 class BadImageWarning(UserWarning):
@@ -126,7 +122,7 @@ def load_rgb(path: str) -> Any:
             return img.convert("RGB")  # convert() forces a full decode: truncated files fail here
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         # PIL.UnidentifiedImageError is an OSError; truncated JPEGs raise OSError("image file is truncated")
-        raise BadImageError(f"cannot read image file '{path}': {type(e).__name__}: {e}", path=path) from e
+        raise BadImageError(path, f"cannot read image file ({type(e).__name__}: {e})") from e
 
 
 class FixedClassImageFolder(ImageFolder):
@@ -213,10 +209,10 @@ class ImageFolderDataset(Dataset):
                 info = torch.utils.data.get_worker_info()
                 slot = 0 if info is None else 1 + info.id % (self._COUNTER_SLOTS - 1)
                 self._bad_counts[slot] += 1
-                warnings.warn(f"skip_bad: replacing unreadable image '{e.path}' ({e})", BadImageWarning,
+                warnings.warn(f"skip_bad: replacing unreadable image ({e})", BadImageWarning,
                               stacklevel=2)
-        raise BadImageError(f"skip_bad: {self.max_consecutive_bad} or more unreadable images in a row from "
-                            f"index {index} in '{self.root}'; last: {last}", path=None if last is None else last.path)
+        raise BadImageError(self.root, f"skip_bad: {self.max_consecutive_bad} or more unreadable images in a row "
+                                       f"from index {index}; last: {last}")
 
 
 def _class_folders(root: Path) -> list[str]:

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from spikelight.datamodules.base import SpikelightDataModule, collate_dict
+from spikelight.datamodules.base import DataError, SpikelightDataModule, collate_dict
 from spikelight.datamodules.pointcloud.io import bad, read_h5_pointclouds
 from spikelight.datamodules.pointcloud.labels import PROMPT_TEMPLATES, load_templates
 from spikelight.datamodules.pointcloud.transforms import PointCloudTransform
@@ -149,18 +149,30 @@ class PointCloudDataset(Dataset):
             if j in self._memo:
                 return dict(self._memo[j])
             try:
-                raw = self._load(j)
-            except ValueError as e:
+                out = self._read(j)
+            except DataError as e:
                 if not self.skip_bad:
                     raise
                 self._notebad(j, e)
                 continue
-            out = self._assemble(raw)
             if self.memoize:
                 self._memo[j] = out
                 out = dict(out)
             return out
         raise RuntimeError(f"{type(self).__name__}: every item is corrupt ({self.num_skipped} skipped)")
+
+    def source(self, i: int) -> str:
+        """The file item ``i`` comes from (named in errors); subclasses with files override it."""
+        return f"{type(self).__name__} item {i}"
+
+    def _read(self, i: int) -> dict[str, Any]:
+        """Item ``i`` loaded and assembled; any ``ValueError`` becomes a :class:`DataError` naming its file."""
+        try:
+            return self._assemble(self._load(i))
+        except DataError:
+            raise
+        except ValueError as e:
+            raise DataError(self.source(i), str(e)) from e
 
     def _assemble(self, raw: dict[str, Any]) -> dict[str, Any]:
         pts = torch.as_tensor(np.asarray(raw["points"], dtype=np.float32))
@@ -178,7 +190,7 @@ class PointCloudDataset(Dataset):
             if k in raw and raw[k] is not None:
                 out[k] = torch.as_tensor(raw[k], dtype=torch.float32)
         if not torch.isfinite(out["points"]).all():  # never return NaN
-            raise ValueError(f"{type(self).__name__}: non-finite points after transform")
+            raise ValueError("non-finite points after transform")
         return out
 
 
@@ -269,6 +281,10 @@ class H5PointCloudDataset(PointCloudDataset):
 
     def __len__(self) -> int:
         return len(self.data)
+
+    def source(self, i: int) -> str:
+        f, k = self._src[i]
+        return f"{f} (sample {k})"
 
     def _load(self, i: int) -> dict[str, Any]:
         label = int(self.labels[i])

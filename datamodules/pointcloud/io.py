@@ -1,4 +1,5 @@
-"""Point-cloud readers: every reader raises ``ValueError("<file>: <problem>")`` on corrupt input and
+"""Point-cloud readers: every reader raises :class:`~spikelight.datamodules.base.DataError` (a ``ValueError``,
+``"<file>: <problem>"`` on one line, also through DataLoader workers) on corrupt input and
 ``FileNotFoundError`` naming the path when a file is missing.
 
 * ModelNet40 ``normal_resampled`` text files (``x,y,z,nx,ny,nz`` per line), with an optional ``.npy`` cache;
@@ -22,11 +23,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from spikelight.datamodules.base import DataError
 from spikelight.datamodules.pointcloud.transforms import RGB_DEFAULT
 
 
-def bad(path: Path | str, problem: str) -> ValueError:
-    return ValueError(f"{path}: {problem}")
+def bad(path: Path | str, problem: str) -> DataError:
+    return DataError(path, problem)
 
 
 def check_finite(arr: np.ndarray, path: Path | str, what: str = "values") -> None:
@@ -118,9 +120,9 @@ def read_h5_pointclouds(
                 raise bad(p, f"missing dataset {data_key!r} or {label_key!r} (has {sorted(f.keys())})")
             data = np.asarray(f[data_key][:], dtype=np.float32)
             label = np.asarray(f[label_key][:])
-    except ValueError:
+    except DataError:
         raise
-    except (OSError, KeyError, RuntimeError) as e:
+    except (OSError, KeyError, RuntimeError, ValueError) as e:
         raise bad(p, f"unreadable or truncated h5 file ({e})") from e
     if data.ndim != 3 or data.shape[-1] < 3:
         raise bad(p, f"{data_key!r} must be (N, P, >=3), got {data.shape}")
@@ -301,6 +303,23 @@ def load_point_cloud(
     if not p.is_file():
         raise FileNotFoundError(f"{p}: point file not found")
     ext = p.suffix.lower()
+    try:
+        xyz, rgb = _read_points(p, ext, mesh_points, rng)
+    except DataError:
+        raise
+    except ValueError as e:  # e.g. a degenerate mesh (zero area): name the file
+        raise bad(p, str(e)) from e
+    if rgb is None:
+        rgb = np.full_like(xyz, rgb_default)
+    else:
+        rgb = np.asarray(rgb, dtype=np.float32)
+        if rgb.max(initial=0) > 1.0:
+            rgb = rgb / 255.0
+    return np.concatenate([xyz, rgb], 1).astype(np.float32)
+
+
+def _read_points(p: Path, ext: str, mesh_points: int, rng: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """``xyz`` ``[M, 3]`` and ``rgb`` (or None) of a point file, by extension (see :func:`load_point_cloud`)."""
     rgb = None
     if ext == ".txt":
         xyz = read_modelnet_txt(p)[:, :3]
@@ -319,14 +338,8 @@ def load_point_cloud(
     elif ext == ".off":
         xyz = sample_mesh_surface(*read_off(p), mesh_points, rng=rng)
     else:
-        raise ValueError(f"{p}: unsupported point-cloud extension {ext!r} (txt, npy, npz, ply, off)")
-    if rgb is None:
-        rgb = np.full_like(xyz, rgb_default)
-    else:
-        rgb = np.asarray(rgb, dtype=np.float32)
-        if rgb.max(initial=0) > 1.0:
-            rgb = rgb / 255.0
-    return np.concatenate([xyz, rgb], 1).astype(np.float32)
+        raise bad(p, f"unsupported point-cloud extension {ext!r} (txt, npy, npz, ply, off)")
+    return xyz, rgb
 
 
 def load_image(path: str | Path, size: int | None = None, background: float = 1.0) -> Tensor:
@@ -351,6 +364,6 @@ def load_image(path: str | Path, size: int | None = None, background: float = 1.
                 left, top = (w - size) // 2, (h - size) // 2
                 im = im.crop((left, top, left + size, top + size))
             arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise bad(p, f"unreadable image ({e})") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise bad(p, f"unreadable image ({type(e).__name__}: {e})") from e
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)

@@ -129,6 +129,9 @@ class ModelNet40Dataset(PointCloudDataset):
     def __len__(self) -> int:
         return len(self._h5) if self.format == "h5" else len(self.items)
 
+    def source(self, i: int) -> str:
+        return self._h5.source(i) if self.format == "h5" else str(self.items[i][0])
+
     def _load(self, i: int) -> dict[str, Any]:
         if self.format == "h5":
             return self._h5._load(i)

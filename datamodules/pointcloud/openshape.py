@@ -98,6 +98,9 @@ class OpenShapeTripletDataset(PointCloudDataset):
         k = int(torch.randint(a.shape[0], (1,), generator=self.generator)) if self.augment else 0
         return a[k], k
 
+    def source(self, i: int) -> str:
+        return str(self.items[i])
+
     def _load(self, i: int) -> dict[str, Any]:
         f = self.items[i]
         d = read_shape_record(f)

@@ -126,6 +126,9 @@ class ShapeNet55TripletDataset(PointCloudDataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def source(self, i: int) -> str:
+        return str(self.items[i][0])
+
     def _load(self, i: int) -> dict[str, Any]:
         f, label, views = self.items[i]
         pts = read_npy_points(f)

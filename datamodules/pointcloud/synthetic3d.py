@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from spikelight.datamodules.base import EvalSet
+from spikelight.datamodules.base import DataError, EvalSet
 from spikelight.datamodules.pointcloud.base import PointCloudDataModule
 from spikelight.datamodules.pointcloud.procedural import (
     CATEGORIES,
@@ -310,10 +310,10 @@ class Synthetic3DDataModule(PointCloudDataModule):
             for s in self._SPLITS:
                 f = self.cache_path / f"{s}.npz"
                 try:
-                    with np.load(f) as z:
+                    with np.load(f, allow_pickle=False) as z:
                         out[s] = {k: z[k] for k in z.files}
                 except (OSError, ValueError, EOFError) as e:
-                    raise ValueError(f"{f}: corrupt synthetic3d cache ({e}); delete {self.cache_path}") from e
+                    raise DataError(f, f"corrupt synthetic3d cache ({e}); delete {self.cache_path}") from e
             self._arrays = out
         return self._arrays
 
