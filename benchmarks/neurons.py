@@ -26,9 +26,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -36,7 +34,11 @@ from pathlib import Path
 
 import torch
 
-from spikelight.nn.neurons import ILIF, LIF
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, write_json  # noqa: E402
+from _common import sync as _sync  # noqa: E402
+
+from spikelight.nn.neurons import ILIF, LIF  # noqa: E402
 
 try:
     import spikingjelly
@@ -56,11 +58,6 @@ except ImportError:  # pragma: no cover - reported in the JSON
 # bytes per element a fused fwd+bwd kernel must move (fp32 data, bool mask)
 MIN_BYTES = {"lif": 24, "ilif": 18}
 MIN_BYTES_INFER = {"lif": 8, "ilif": 8}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def make_pair(kind: str):
@@ -184,22 +181,14 @@ def copy_bandwidth(device, nbytes: int = 1 << 28) -> float:
     return 2 * nbytes / min(ts)
 
 
-def machine_info(device) -> dict:
-    info = {
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "spikingjelly": SJ_VERSION,
-        "device": str(device),
-        "load_avg_1_5_15min_at_end": [round(v, 2) for v in os.getloadavg()],
-    }
+def machine_details(device) -> dict:
+    """:func:`_common.machine_info` plus the spikingjelly version, the load at the end and the GPU's
+    memory bandwidth from its properties."""
+    info = machine_info(device)
+    info["spikingjelly"] = SJ_VERSION
+    info["load_avg_1_5_15min_at_end"] = [round(v, 2) for v in os.getloadavg()]
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
-        info["gpu"] = p.name
-        info["gpu_memory_gb"] = round(p.total_memory / 2**30, 1)
         clock = getattr(p, "memory_clock_rate", None)  # kHz
         bus = getattr(p, "memory_bus_width", None)  # bits
         if clock and bus:
@@ -254,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     report = {
         "benchmark": "multi-step neuron forward+backward ('train') and no_grad forward ('infer') throughput",
-        "machine": machine_info(device),
+        "machine": machine_details(device),
         "settings": {
             "device": args.device, "quick": args.quick, "step_shape": list(shape), "T": args.T,
             "repeats": repeats, "warmup": warmup, "statistic": (
@@ -273,9 +262,7 @@ def main(argv: list[str] | None = None) -> dict:
         "results": results,
         "wall_s": round(time.perf_counter() - t_start, 1),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = write_json(report, args.out)
     print(f"wrote {out} ({report['wall_s']} s)")
     return report
 

@@ -46,8 +46,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info  # noqa: E402
-from _common import sync as _sync  # noqa: E402
+from _common import machine_info, time_calls  # noqa: E402
 
 from spikelight.losses import trevsnn_loss
 from spikelight.models.trevsnn import TRevSNN
@@ -86,14 +85,8 @@ def time_training(
             adaptive_clip_grad(agc_params, clip_factor=0.02)
             opt.step()
 
-        step()  # warm-up (lazy optimizer state, allocator)
-        times = []
-        for _ in range(reps):
-            _sync(device)
-            t0 = time.perf_counter()
-            step()
-            _sync(device)
-            times.append(time.perf_counter() - t0)
+        # one untimed warm-up call (lazy optimizer state, allocator)
+        times = time_calls(step, repeats=reps, warmup=1, device=device)
         out[mode] = {"step_seconds": times, "median_step_seconds": statistics.median(times)}
         print(
             f"speed {variant} {img}px b{batch} T={timesteps} {mode:10s}: median {statistics.median(times):.3f} s "
