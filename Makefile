@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_CONFIG ?= experiments/svl/synthetic.yaml
 PYTEST_ARGS ?=
 
-.PHONY: venv install install-dev demo test test-fast bench lint clean
+.PHONY: venv install install-svl install-dev demo test test-fast bench lint clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,20 +19,27 @@ $(VENV)/.torch: | $(VENV)/bin/python
 	$(PIP) install $(TORCH_SPEC)
 	touch $@
 
+# base install (every method); the extras add one method's packages: .[svl] .[events] .[lvc] .[sparse]
 $(VENV)/.installed: setup.cfg pyproject.toml $(VENV)/.torch
 	$(PIP) install -e .
 	touch $@
 
+$(VENV)/.installed-svl: setup.cfg pyproject.toml $(VENV)/.torch
+	$(PIP) install -e ".[svl]"
+	touch $@ $(VENV)/.installed
+
+# [dev] = every extra (spconv's CPU build) + the test tools
 $(VENV)/.installed-dev: setup.cfg pyproject.toml $(VENV)/.torch
 	$(PIP) install -e ".[dev]"
-	touch $@ $(VENV)/.installed
+	touch $@ $(VENV)/.installed $(VENV)/.installed-svl
 
 venv: $(VENV)/bin/python
 install: $(VENV)/.installed
+install-svl: $(VENV)/.installed-svl
 install-dev: $(VENV)/.installed-dev
 
 # SVL end to end on the embedded synthetic triplets: pretrain, zero-shot, Rep-VLI export, energy report
-demo: install
+demo: install-svl
 	VENV=$(VENV) DEMO_CONFIG=$(DEMO_CONFIG) bash scripts/demo.sh
 
 test: install-dev

@@ -2,7 +2,7 @@
 
 Expected values are hand-computed in the comments, or come from independent plain-autograd
 reference implementations written here (not the fused Functions under test), or from
-spikingjelly's own nodes when it is installed.
+spikingjelly 2.x's own nodes (in [dev]).
 """
 
 from __future__ import annotations
@@ -511,16 +511,25 @@ def test_package_exports():
 
 
 # ---------------------------------------------------------------------------------------------
-# against spikingjelly (independent implementation), when installed
+# against spikingjelly 2.x (independent implementation; in [dev]: missing, these fail instead of skipping)
 # ---------------------------------------------------------------------------------------------
+def _spikingjelly_2():
+    from importlib.metadata import version
+
+    import spikingjelly
+    import spikingjelly.activation_based.functional
+    import spikingjelly.activation_based.neuron
+    import spikingjelly.activation_based.surrogate
+
+    assert version("spikingjelly").split(".")[0] == "2", f"spikingjelly 2.x expected, found {version('spikingjelly')}"
+    return spikingjelly.activation_based
 
 
 @pytest.mark.parametrize("v_reset,decay_input,detach", [(0.0, True, False), (None, True, False),
                                                         (-0.3, False, True)])
 def test_lif_matches_spikingjelly(v_reset, decay_input, detach):
-    sj = pytest.importorskip("spikingjelly.activation_based.neuron")
-    sj_sur = pytest.importorskip("spikingjelly.activation_based.surrogate")
-    sj_fn = pytest.importorskip("spikingjelly.activation_based.functional")
+    ab = _spikingjelly_2()
+    sj, sj_sur, sj_fn = ab.neuron, ab.surrogate, ab.functional
     torch.manual_seed(0)
     x = torch.randn(5, 3, 16) * 1.5 + 0.8
     g = torch.randn_like(x)
@@ -536,9 +545,8 @@ def test_lif_matches_spikingjelly(v_reset, decay_input, detach):
 
 
 def test_ilif_matches_spikingjelly():
-    sj = pytest.importorskip("spikingjelly.activation_based.neuron")
-    if not hasattr(sj, "ILIFNode"):
-        pytest.skip("this spikingjelly has no ILIFNode")
+    sj = _spikingjelly_2().neuron
+    assert hasattr(sj, "ILIFNode"), "spikingjelly 2.x has ILIFNode"
     torch.manual_seed(0)
     x = torch.randn(4, 3, 16) * 2 + 0.7
     g = torch.randn_like(x)
