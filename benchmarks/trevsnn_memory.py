@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info  # noqa: E402
 
 from spikelight.losses import trevsnn_loss
+from spikelight.models import create_model
 from spikelight.models.trevsnn import TRevSNN
 from spikelight.profiling.memory import MB, measure_step_memory
 
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     t_start = time.perf_counter()
     for T in args.timesteps:
         torch.manual_seed(args.seed)
-        model = TRevSNN(variant=args.variant, num_classes=args.num_classes, timesteps=T).to(device).train()
+        model = create_model(f"trevsnn_{args.variant}", num_classes=args.num_classes, timesteps=T).to(device).train()
         for mode in ("reversible", "bptt"):
             model.mode = mode
             row = {"timesteps": T, "mode": mode, **measure(model, x, y, device)}

@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, time_calls  # noqa: E402
 
 from spikelight.losses import trevsnn_loss
+from spikelight.models import create_model
 from spikelight.models.trevsnn import TRevSNN
 from spikelight.profiling.energy import measure_energy
 
@@ -74,7 +75,7 @@ def time_training(
     out: dict = {}
     for mode in ("bptt", "reversible"):
         torch.manual_seed(seed)
-        model = TRevSNN(variant=variant, num_classes=1000, timesteps=timesteps, mode=mode).to(device).train()
+        model = create_model(f"trevsnn_{variant}", num_classes=1000, timesteps=timesteps, mode=mode).to(device).train()
         opt = Lamb(model.parameters(), lr=1e-4, weight_decay=0.01, max_grad_norm=1.0)
         agc_params = [p for p in model.parameters() if p.ndim > 0]
 
@@ -249,7 +250,7 @@ def measure_inference_energy(
     *, variant: str, x: torch.Tensor, x_cal: torch.Tensor, timesteps: int, device: torch.device, seed: int = 0
 ) -> dict:
     torch.manual_seed(seed)
-    model = TRevSNN(variant=variant, num_classes=1000, timesteps=timesteps).to(device).eval()
+    model = create_model(f"trevsnn_{variant}", num_classes=1000, timesteps=timesteps).to(device).eval()
     x = x.to(device)
     uncal = measure_energy(model, x)
     calibrate_bn(model, x_cal.to(device))

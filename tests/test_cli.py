@@ -226,7 +226,7 @@ def test_wrong_type_fails_naming_the_key(repo_root, cli):
 def test_missing_data_path_fails_naming_the_path(repo_root, tmp_path, cli):
     missing = tmp_path / "no_imagenet_here"
     proc = cli(["fit", "--config", "experiments/trevsnn/imagenet_tiny.yaml", "--data.init_args.data_dir", str(missing),
-                "--model.init_args.variant", "test", "--run_root", str(tmp_path / "runs")],
+                "--model.init_args.network", "trevsnn_test", "--run_root", str(tmp_path / "runs")],
                cwd=repo_root, env={"WANDB_MODE": "disabled"})
     assert proc.returncode != 0
     assert str(missing) in proc.stderr

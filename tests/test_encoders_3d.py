@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from spikelight.models.encoders_3d import ENCODERS_3D, build_encoder, list_encoders
+from spikelight.models import create_model, list_models, model_family
+from spikelight.models.encoders_3d import ENCODER_FAMILIES, build_encoder, list_encoders
 from spikelight.models.pointops import farthest_point_sample, index_points, knn, knn_group
 from spikelight.nn.neurons import ILIF
 from spikelight.nn.sparse_conv import SparseConv3d, SparseTensor, SubMConv3d
@@ -42,16 +43,23 @@ def n_params(m: nn.Module) -> int:
 
 
 def test_registry_lists_every_variant_and_rejects_unknown_names():
-    assert set(TINY + FULL) <= set(list_encoders()) == set(ENCODERS_3D)
+    assert set(TINY + FULL) == set(list_models("spike_pointnet*") + list_models("e3dsnn*") + list_models("pointformer*"))
+    assert {model_family(n) for n in TINY + FULL} == set(ENCODER_FAMILIES)
     with pytest.raises(ValueError, match="e3dsnn_s"):
-        build_encoder("e3dsnn_xxl")
+        create_model("e3dsnn_xxl")
+
+
+def test_backwards_compatible_encoders_3d_names():
+    """The old ``encoders_3d`` names are the registry's: same builder, exactly the 3D encoder variants."""
+    assert build_encoder is create_model
+    assert list_encoders() == sorted(TINY + FULL)
 
 
 def test_full_size_parameter_counts(capsys):
     counts = {}
     for name in FULL:
         for C in (512, 1280):
-            m = build_encoder(name, embed_dim=C)
+            m = create_model(name, embed_dim=C)
             assert m.embed_dim == C and m.timesteps == 1
             counts[(name, C)] = n_params(m)
             del m
@@ -72,7 +80,7 @@ def test_full_size_parameter_counts(capsys):
 
 def test_e3dsnn_parameter_count_formula():
     """Independent count: stem 27(F c0 + 2 c0^2), downs 8 c_{i-1} c_i, blocks 3 x 27 c_i^2, head, BN."""
-    m = build_encoder("e3dsnn_l", embed_dim=512)
+    m = create_model("e3dsnn_l", embed_dim=512)
     c0, ch, d, F, C = 64, (64, 128, 128, 256), 2, 6, 512
     convs = 27 * (F * c0 + 2 * c0 * c0)
     prev = c0
@@ -86,7 +94,7 @@ def test_e3dsnn_parameter_count_formula():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["spike_pointnet", "e3dsnn_l", "pointformer_snn_l"])
 def test_full_size_forward_on_a_small_cloud(name):
-    m = build_encoder(name).eval()
+    m = create_model(name).eval()
     with torch.no_grad():
         y = m(make_points(B=1, N=256))
     assert y.shape == (1, 1280) and torch.isfinite(y).all()
@@ -100,7 +108,7 @@ def test_full_size_forward_on_a_small_cloud(name):
 @pytest.mark.parametrize("name", TINY)
 def test_tiny_forward_backward(name):
     torch.manual_seed(0)
-    m = build_encoder(name)
+    m = create_model(name)
     pts = make_points()
     y = m(pts)
     assert y.shape == (2, m.embed_dim) and torch.isfinite(y).all()
@@ -121,7 +129,7 @@ def test_tiny_forward_backward(name):
 
 @pytest.mark.parametrize("name", TINY)
 def test_eval_mode_is_deterministic(name):
-    m = build_encoder(name).eval()
+    m = create_model(name).eval()
     pts = make_points(seed=1)
     with torch.no_grad():
         torch.testing.assert_close(m(pts), m(pts))
@@ -136,7 +144,7 @@ def test_only_declared_layers_see_real_values(name):
     """Forward pre-hooks on every weight layer: the layers fed real values are exactly the
     declared coordinate layers; every other one sees integer spikes in 0..D."""
     torch.manual_seed(0)
-    m = build_encoder(name)
+    m = create_model(name)
     seen: dict[str, tuple[bool, float, float]] = {}
 
     def hook(mod, args, name):
@@ -171,13 +179,13 @@ def test_multistep_input_forms_agree(name):
     """``timesteps=T`` with ``[B, N, F]`` equals the explicit ``[T, B, N, F]`` repetition, and the
     membrane carries state (T = 3 differs from T = 1)."""
     torch.manual_seed(0)
-    m3 = build_encoder(name, timesteps=3)
+    m3 = create_model(name, timesteps=3)
     pts = make_points(N=256)
     y_rep = m3(pts)
     y_seq = m3(pts.unsqueeze(0).expand(3, -1, -1, -1))
     assert y_rep.shape == (2, m3.embed_dim)
     torch.testing.assert_close(y_rep, y_seq, atol=1e-5, rtol=1e-5)
-    m1 = build_encoder(name, timesteps=1)
+    m1 = create_model(name, timesteps=1)
     m1.load_state_dict(m3.state_dict())
     assert not torch.allclose(m1(pts), y_rep)
 
@@ -185,7 +193,7 @@ def test_multistep_input_forms_agree(name):
 @pytest.mark.parametrize("name", ["e3dsnn_test", "spike_pointnet_test"])
 def test_event_sequences_with_different_points_per_step(name):
     torch.manual_seed(0)
-    m = build_encoder(name, in_channels=3, timesteps=4)
+    m = create_model(name, in_channels=3, timesteps=4)
     seq = torch.stack([make_points(N=200, F=3, seed=s) for s in range(4)])  # [T, B, N, 3]
     y = m(seq)
     assert y.shape == (2, m.embed_dim) and torch.isfinite(y).all()
@@ -193,7 +201,7 @@ def test_event_sequences_with_different_points_per_step(name):
 
 
 def test_output_is_the_time_mean_of_the_embedding():
-    m = build_encoder("e3dsnn_test", timesteps=2).eval()
+    m = create_model("e3dsnn_test", timesteps=2).eval()
     pts = make_points(N=256)
     seen = {}
     m.head.register_forward_hook(lambda mod, args, out: seen.__setitem__("feat", out))
@@ -212,7 +220,7 @@ def test_output_is_the_time_mean_of_the_embedding():
 
 def test_xyz_only_input_gets_default_colour():
     torch.manual_seed(0)
-    m = build_encoder("spike_pointnet_test").eval()
+    m = create_model("spike_pointnet_test").eval()
     xyz = make_points(F=3)
     with torch.no_grad():
         torch.testing.assert_close(m(xyz), m(torch.cat([xyz, torch.full_like(xyz, 0.4)], -1)))
@@ -220,7 +228,7 @@ def test_xyz_only_input_gets_default_colour():
 
 @pytest.mark.parametrize("name", TINY)
 def test_bad_inputs_raise(name):
-    m = build_encoder(name)
+    m = create_model(name)
     with pytest.raises(ValueError, match="channels"):
         m(make_points(F=5))
     with pytest.raises(ValueError):
@@ -233,7 +241,7 @@ def test_bad_inputs_raise(name):
 
 def test_e3dsnn_degenerate_duplicate_and_empty_clouds():
     torch.manual_seed(0)
-    m = build_encoder("e3dsnn_test")
+    m = create_model("e3dsnn_test")
     same = torch.full((2, 64, 6), 0.25)  # every point identical: one voxel per sample
     y = m(same)
     assert y.shape == (2, 32) and torch.isfinite(y).all()

@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from spikelight.losses import loss_weights, trevsnn_loss
+from spikelight.models import create_model
 from spikelight.models.trevsnn import (
     LEAK_MIN,
     TRevSNN,
     clamp_leak,
-    loss_weights,
-    trevsnn_loss,
     trevsnn_small,
     trevsnn_test,
     trevsnn_tiny,
@@ -267,10 +267,12 @@ def test_output_shapes_train_and_eval():
     assert len(feats) == T and feats[0].shape == (2, 32, 2, 2)
     with pytest.raises(ValueError, match="expects"):
         model(torch.randn(2, 1, 32, 32))
-    with pytest.raises(ValueError, match="unknown T-RevSNN variant"):
-        TRevSNN(variant="huge")
+    with pytest.raises(ValueError, match="unknown model 'trevsnn_huge'.*trevsnn_small"):
+        create_model("trevsnn_huge")
     with pytest.raises(ValueError, match="mode"):
-        TRevSNN(variant="test", mode="checkpoint")
+        trevsnn_test(mode="checkpoint")
+    with pytest.raises(ValueError, match="channels"):
+        TRevSNN(channels=(8, 16, 16))
 
 
 def test_eval_inference_same_in_both_modes_and_grad_free():
@@ -303,16 +305,33 @@ def test_dvs_variant_forward_backward():
         rev(torch.zeros(2, 2 * T, 1, 32, 32, dtype=torch.float64))
 
 
-def test_autocast_smoke():
-    """bf16 autocast on CPU: runs, states stay float32, grads finite."""
-    model = trevsnn_test(num_classes=K, timesteps=2)
-    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        feats = model.forward_features(x)
-        loss = trevsnn_loss(torch.stack([h(f) for h, f in zip(model.heads, feats)]).float(), y)
-    assert feats[0].dtype == torch.float32
-    loss.backward()
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+def test_autocast_bf16_every_parameter_learns_and_reversible_matches_bptt():
+    """bf16 autocast on CPU: autocast is really on (bf16 logits), the states stay float32, every parameter
+    gets a finite, non-zero gradient, and the reversible backward (which must re-enter the forward's
+    autocast state for its recompute) gives BPTT's gradients under the same autocast."""
+    torch.manual_seed(0)
+    rev = trevsnn_test(num_classes=K, timesteps=2)
+    _randomise(rev)  # layer scales ~1: the blocks shape the output
+    bptt = trevsnn_test(num_classes=K, timesteps=2, mode="bptt")
+    bptt.load_state_dict(rev.state_dict())
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(4, 3, 32, 32, generator=g), torch.tensor([0, 1, 2, 3])
+    grads = {}
+    for name, model in (("reversible", rev), ("bptt", bptt)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            feats = model.forward_features(x)
+            logits = torch.stack([h(f) for h, f in zip(model.heads, feats)])
+            loss = trevsnn_loss(logits.float(), y)
+        assert logits.dtype == torch.bfloat16, name
+        assert all(f.dtype == torch.float32 for f in feats), name
+        loss.backward()
+        grads[name] = {n: p.grad for n, p in model.named_parameters()}
+    for n, gr in grads["reversible"].items():
+        assert gr is not None, f"no gradient for {n}"
+        assert torch.isfinite(gr).all() and gr.abs().sum() > 0, n
+    r = torch.cat([gr.flatten() for gr in grads["reversible"].values()])
+    b = torch.cat([gr.flatten() for gr in grads["bptt"].values()])
+    assert (r - b).norm() <= 0.02 * b.norm(), float((r - b).norm() / b.norm())
 
 
 def _saved_bytes(model: TRevSNN, x: torch.Tensor) -> int:

@@ -6,6 +6,7 @@ config (a registered name, ``{name: ..., **kwargs}`` or ``{class_path: ..., init
 """
 
 from spikelight.models.registry import (
+    ModelConfig,
     ModelSpec,
     build_model,
     create_model,
@@ -17,6 +18,7 @@ from spikelight.models.registry import (
 )
 
 __all__ = [
+    "ModelConfig",
     "ModelSpec",
     "build_model",
     "create_model",

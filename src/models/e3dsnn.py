@@ -25,8 +25,18 @@ Time: ``timesteps = T`` (default 1). ``[B, N, F]`` is voxelised once and repeate
 ``[T, B, N, F]`` (e.g. DVS event slices) is voxelised on the union of the sites of all steps.
 Output = mean over ``T`` of the pooled embedding. Samples with no points give zeros.
 
-Parameter counts (F = 6; C = 512 / 1280), paper in brackets:
-T 1.94M / 2.03M, S 3.35M / 3.47M, L 17.45M / 17.65M [17.7M], H 46.76M / 47.05M [46.7M].
+Registered variants (``spikelight.models.create_model(name, **kw)``; F = 6, params at C = 512 / 1280,
+paper in brackets):
+
+=========== ====================================================== =============================
+name        structure                                              params
+=========== ====================================================== =============================
+e3dsnn_t    stem 16, stages 16/32/64/128, 1 block                  1.94M / 2.03M
+e3dsnn_s    stem 24, stages 24/48/96/160, 1 block                  3.35M / 3.47M
+e3dsnn_l    stem 64, stages 64/128/128/256, 2 blocks               17.45M / 17.65M [17.7M]
+e3dsnn_h    stem 64, stages 96/192/288/384, 2 blocks               46.76M / 47.05M [46.7M]
+e3dsnn_test stem 8, stages 8/16/16/32, 1 block, C = 32, grid 0.05  tiny (coarser grid: fewer voxels)
+=========== ====================================================== =============================
 """
 
 from __future__ import annotations
@@ -35,7 +45,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from spikelight.models.pointnet_snn import prepare_points
+from spikelight.models.pointnet_snn import SVL_EMBED_DIM, prepare_points
+from spikelight.models.registry import register_model
 from spikelight.nn.neurons import ILIF
 from spikelight.nn.sparse_conv import (
     SparseActivation,
@@ -47,7 +58,7 @@ from spikelight.nn.sparse_conv import (
     voxelize,
 )
 
-__all__ = ["E3DSNN", "E3DSNNBlock"]
+__all__ = ["E3DSNN", "E3DSNNBlock", "e3dsnn_h", "e3dsnn_l", "e3dsnn_s", "e3dsnn_t", "e3dsnn_test"]
 
 
 class _Residual(nn.Module):
@@ -209,3 +220,37 @@ class E3DSNN(nn.Module):
     def forward(self, points: Tensor) -> Tensor:
         x = self.forward_features(self.voxelize(points))
         return global_mean_pool(x).mean(0)  # [T, B, C] -> [B, C]
+
+
+# --- registered variants ----------------------------------------------------------------------
+
+
+def _e3dsnn(stem: int, channels: tuple[int, ...], depths: int, kw: dict) -> E3DSNN:
+    cfg = dict(embed_dim=SVL_EMBED_DIM, stem_channels=stem, channels=channels, depths=depths)
+    return E3DSNN(**{**cfg, **kw})
+
+
+@register_model
+def e3dsnn_t(**kw) -> E3DSNN:
+    return _e3dsnn(16, (16, 32, 64, 128), 1, kw)
+
+
+@register_model
+def e3dsnn_s(**kw) -> E3DSNN:
+    return _e3dsnn(24, (24, 48, 96, 160), 1, kw)
+
+
+@register_model
+def e3dsnn_l(**kw) -> E3DSNN:
+    return _e3dsnn(64, (64, 128, 128, 256), 2, kw)
+
+
+@register_model
+def e3dsnn_h(**kw) -> E3DSNN:
+    return _e3dsnn(64, (96, 192, 288, 384), 2, kw)
+
+
+@register_model
+def e3dsnn_test(**kw) -> E3DSNN:
+    """Tiny: stem 8, stages 8/16/16/32, 1 block, C = 32, grid 0.05 (coarser: fewer voxels)."""
+    return _e3dsnn(8, (8, 16, 16, 32), 1, {"embed_dim": 32, "grid_size": 0.05, **kw})

@@ -35,8 +35,14 @@ real values (:attr:`SpikePointFormer.real_input_layers`); every other Linear see
 Time: ``timesteps = T`` (default 1); ``[B, N, F]`` is grouped once and repeated over ``T``,
 ``[T, B, N, F]`` is grouped per step. Output = mean over ``T`` of the embedding.
 
-Parameter count (``pointformer_snn_l``: dim 384, depth 12, 6 heads, F = 6): 22.29M at C = 512,
-22.88M at C = 1280 (paper: 22.1M).
+Registered variants (``spikelight.models.create_model(name, **kw)``; F = 6, params at C = 512 / 1280):
+
+==================== =================================================== =======================
+name                 structure                                           params
+==================== =================================================== =======================
+pointformer_snn_l    512 groups x 32, dim 384, 12 blocks, 6 heads         22.29M / 22.88M [22.1M]
+pointformer_snn_test 32 groups x 16, dim 32, 2 blocks, 2 heads, C = 32    tiny
+==================== =================================================== =======================
 """
 
 from __future__ import annotations
@@ -47,8 +53,9 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from spikelight.models.pointnet_snn import prepare_points
+from spikelight.models.pointnet_snn import SVL_EMBED_DIM, prepare_points
 from spikelight.models.pointops import knn_group
+from spikelight.models.registry import register_model
 from spikelight.nn.neurons import ILIF
 from spikelight.nn.sparse_conv import BatchNormLastDim
 
@@ -58,6 +65,8 @@ __all__ = [
     "SpikeMLP",
     "SpikeTransformerBlock",
     "TokenEmbedding",
+    "pointformer_snn_l",
+    "pointformer_snn_test",
 ]
 
 
@@ -274,3 +283,28 @@ class SpikePointFormer(nn.Module):
         s = self.out_sn(self.norm(x))
         feat = torch.cat([s[:, :, 0], s[:, :, 1:].amax(dim=2)], dim=-1)  # [T, B, 2 dim] integers
         return self.head(feat).mean(0)
+
+
+# --- registered variants ----------------------------------------------------------------------
+
+
+@register_model
+def pointformer_snn_l(**kw) -> SpikePointFormer:
+    """Spike-driven PointFormer-L (22.29M parameters at C = 512, paper 22.1M)."""
+    return SpikePointFormer(**{"embed_dim": SVL_EMBED_DIM, **kw})
+
+
+@register_model
+def pointformer_snn_test(**kw) -> SpikePointFormer:
+    """Tiny: 32 groups x 16, dim 32, 2 blocks, 2 heads, C = 32."""
+    cfg = dict(
+        embed_dim=32,
+        num_groups=32,
+        group_size=16,
+        dim=32,
+        depth=2,
+        num_heads=2,
+        token_widths=(16, 32, 64),
+        pos_hidden=16,
+    )
+    return SpikePointFormer(**{**cfg, **kw})

@@ -24,8 +24,16 @@ Time: ``timesteps = T`` (default 1). ``[B, N, F]`` inputs are repeated over ``T`
 inputs are used as they are. Neurons run over ``[T, B, ...]``; the output is the mean over time
 of the final embedding.
 
-Parameter count of the reference variant (``spike_pointnet``, F = 6): 3.60M at C = 512
-(paper: 3.57M), 3.80M at C = 1280; in general ``3,601,737 + 257 (C - 512)``. The T-Nets hold
+Registered variants (``spikelight.models.create_model(name, **kw)``; F = 6, params at C = 512 / 1280):
+
+=================== ================================================================ ===============
+name                structure                                                        params
+=================== ================================================================ ===============
+spike_pointnet      PointNet + both T-Nets, MLP 64-64 / 64-128-1024, head 512-256      3.60M / 3.80M
+spike_pointnet_test MLP 16-16 / 16-32-64, head 32-16, T-Nets 16-32-64 / 32-16, C = 32  tiny
+=================== ================================================================ ===============
+
+The reference count is ``3,601,737 + 257 (C - 512)`` in general (paper: 3.57M). The T-Nets hold
 2.66M of it (as in the original PointNet, whose 40-class version has 3.47M).
 """
 
@@ -37,9 +45,12 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from spikelight.models.registry import register_model
 from spikelight.nn.neurons import ILIF
 
-__all__ = ["SpikePointNet", "SpikeTNet", "prepare_points"]
+__all__ = ["SVL_EMBED_DIM", "SpikePointNet", "SpikeTNet", "prepare_points", "spike_pointnet", "spike_pointnet_test"]
+
+SVL_EMBED_DIM = 1280  # default embedding size of the 3D encoders: open_clip ViT-bigG-14, SVL's teacher
 
 
 def prepare_points(points: Tensor, *, in_channels: int, timesteps: int, default_rgb: float = 0.4) -> Tensor:
@@ -224,3 +235,26 @@ class SpikePointNet(nn.Module):
             s = self.feature_sn(torch.einsum("tbcn,tbcd->tbdn", s, m))
         s = self.mlp2(s).amax(dim=-1)  # max-pool over points: [T, B, 1024] spikes
         return self.head(s).mean(0)
+
+
+# --- registered variants ----------------------------------------------------------------------
+
+
+@register_model
+def spike_pointnet(**kw) -> SpikePointNet:
+    """Spike PointNet (3.60M parameters at C = 512, paper 3.57M)."""
+    return SpikePointNet(**{"embed_dim": SVL_EMBED_DIM, **kw})
+
+
+@register_model
+def spike_pointnet_test(**kw) -> SpikePointNet:
+    """Tiny Spike PointNet for tests (C = 32)."""
+    cfg = dict(
+        embed_dim=32,
+        mlp1=(16, 16),
+        mlp2=(16, 32, 64),
+        head=(32, 16),
+        tnet_mlp=(16, 32, 64),
+        tnet_head=(32, 16),
+    )
+    return SpikePointNet(**{**cfg, **kw})

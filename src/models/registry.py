@@ -18,7 +18,9 @@ Tasks receive their network as a config value (a :data:`ModelSpec`), resolved by
 * an ``nn.Module`` instance                              used as is (Python API only: not serialisable)
 
 The spec is plain data, so it is saved in the task's hyper-parameters and in checkpoints, and a
-checkpoint rebuilds the same network without any extra configuration.
+checkpoint rebuilds the same network without any extra configuration. Tasks type their ``network``
+argument with :data:`ModelConfig` (the plain-data forms), so LightningCLI accepts a YAML mapping, a
+JSON string (``--model.init_args.network '{"name": "trevsnn_test", "timesteps": 2}'``) or a name.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any, Union
 from torch import nn
 
 __all__ = [
+    "ModelConfig",
     "ModelSpec",
     "build_model",
     "create_model",
@@ -42,6 +45,8 @@ __all__ = [
 ]
 
 ModelSpec = Union[str, dict, nn.Module]
+# the plain-data forms, for config signatures (dict first: jsonargparse then parses a JSON string as a dict)
+ModelConfig = Union[dict[str, Any], str]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _FAMILY: dict[str, str] = {}

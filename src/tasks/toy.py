@@ -1,7 +1,8 @@
 """A tiny classifier for the toy experiment: tests the spine before real models exist.
 
-``spiking=True`` turns it into a toy SNN (I-LIF neurons, ``timesteps`` steps, input repeated over
-time, logits averaged over time) so the energy and memory callbacks have something to measure.
+The network is a config value (``network:``): by default the ReLU ``toy_mlp``; ``toy_snn`` is the toy
+SNN (I-LIF neurons, input repeated over time, logits averaged over time) that gives the energy and memory
+callbacks something to measure (see :mod:`spikelight.models.toy_snn`).
 """
 
 from __future__ import annotations
@@ -13,59 +14,29 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from spikelight.models import ModelConfig, build_model
 from spikelight.tasks.base import SpikelightTask
 
 
-class ToyMLP(nn.Module):
-    """MLP ``in -> hidden x depth -> classes``; spiking variant uses I-LIF between layers.
+class ToyClassifier(SpikelightTask):
+    """Classify ``batch["x"]`` into ``batch["label"]``; logs ``train/loss``, ``val/top1``.
 
-    Input ``[B, F]``; output ``[B, K]``. In the spiking variant the first linear layer sees the real
-    input (MAC) and later layers see integer spikes (AC).
+    Args:
+        network: model spec (:func:`spikelight.models.build_model`), e.g. ``toy_snn`` or
+            ``{name: toy_snn, hidden: 64, timesteps: 2}``.
+        in_features, num_classes: input and output sizes (the DataModule's ``num_features`` /
+            ``num_classes``), passed into the spec.
+        **kwargs: optimizer and schedule, see :class:`~spikelight.tasks.base.SpikelightTask`.
     """
 
-    def __init__(self, *, in_features: int, num_classes: int, hidden: int = 64, depth: int = 2,
-                 spiking: bool = False, timesteps: int = 1) -> None:
-        super().__init__()
-        self.spiking = spiking
-        self.timesteps = int(timesteps)
-        layers: list[nn.Module] = []
-        dims = [in_features] + [hidden] * depth
-        for a, b in zip(dims[:-1], dims[1:]):
-            layers.append(nn.Linear(a, b))
-            layers.append(nn.BatchNorm1d(b))
-            if spiking:
-                from spikelight.nn.neurons import ILIF
-
-                layers.append(ILIF())
-            else:
-                layers.append(nn.ReLU())
-        self.body = nn.ModuleList(layers)
-        self.head = nn.Linear(dims[-1], num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.spiking:
-            for layer in self.body:
-                x = layer(x)
-            return self.head(x)
-        T, B = self.timesteps, x.shape[0]
-        h = x.unsqueeze(0).expand(T, *x.shape)  # [T, B, F]
-        for layer in self.body:
-            if isinstance(layer, (nn.Linear, nn.BatchNorm1d)):
-                h = layer(h.reshape(T * B, -1)).reshape(T, B, -1)
-            else:
-                h = layer(h)
-        return self.head(h.reshape(T * B, -1)).reshape(T, B, -1).mean(0)
-
-
-class ToyClassifier(SpikelightTask):
-    """Classify ``batch["x"]`` into ``batch["label"]`` with a ToyMLP; logs ``train/loss``, ``val/top1``."""
-
-    def __init__(self, *, in_features: int = 16, num_classes: int = 4, hidden: int = 64, depth: int = 2,
-                 spiking: bool = False, timesteps: int = 1, **kwargs: Any) -> None:
+    def __init__(
+        self, *, network: ModelConfig = "toy_mlp", in_features: int = 16, num_classes: int = 4, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
-        self.save_hyperparameters(ignore=["optimizer"])
-        self.model = ToyMLP(in_features=in_features, num_classes=num_classes, hidden=hidden, depth=depth,
-                            spiking=spiking, timesteps=timesteps)
+        built = isinstance(network, nn.Module)  # Python API only: saved in the state dict, not in hparams
+        self.save_hyperparameters(ignore=["optimizer", "network"] if built else ["optimizer"])
+        sizes = {} if built else {"in_features": in_features, "num_classes": num_classes}
+        self.model = build_model(network, **sizes)
         self.val_acc = MulticlassAccuracy(num_classes=num_classes)
         self.test_acc = MulticlassAccuracy(num_classes=num_classes)
 

@@ -8,9 +8,11 @@ Batches (``spikelight.datamodules``)::
 
 Training (REFERENCE.md section 2, "ImageNet recipe"):
 
-* model :class:`~spikelight.models.trevsnn.TRevSNN` in ``mode="reversible"`` (memory flat in T) or
-  ``"bptt"`` (the baseline; same maths), logits ``[T, B, K]`` from one head per timestep;
-* loss :func:`~spikelight.models.trevsnn.trevsnn_loss`: ``sum_t w_t CE_t`` with
+* network: a :class:`~spikelight.models.trevsnn.TRevSNN` given as a config value (``network:``, a
+  registered name such as ``trevsnn_tiny`` plus its keyword arguments, or a ``class_path``), in
+  ``mode="reversible"`` (memory flat in T) or ``"bptt"`` (the baseline; same maths), logits ``[T, B, K]``
+  from one head per timestep;
+* loss :func:`~spikelight.losses.trevsnn_loss`: ``sum_t w_t CE_t`` with
   ``w = 0.25, 0.5, 0.75, 2.0`` and label smoothing (0.1 in the recipe);
 * optimizer: any ``params -> Optimizer`` callable (YAML ``class_path``); the default is timm's LAMB
   (``lr 8e-3``, ``weight_decay 0.01``, its own global grad-norm clipping ``max_grad_norm 1.0``). Parameters
@@ -44,9 +46,12 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
+from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from spikelight.models.trevsnn import TRevSNN, trevsnn_loss
+from spikelight.losses import trevsnn_loss
+from spikelight.models import ModelConfig, build_model
+from spikelight.models.trevsnn import TRevSNN
 from spikelight.tasks.base import SpikelightTask
 
 __all__ = ["TRevSNNClassify", "default_lamb"]
@@ -64,10 +69,14 @@ def default_lamb(params) -> torch.optim.Optimizer:
 class TRevSNNClassify(SpikelightTask):
     """Classify ``batch["image"]`` (or ``batch["events"]``) into ``batch["label"]`` with T-RevSNN.
 
-    Args (model): see :class:`~spikelight.models.trevsnn.TRevSNN`: ``variant`` (``tiny``, ``small``,
-        ``test``), ``channels`` (explicit widths, overrides ``variant``), ``num_classes``, ``timesteps``,
-        ``mode`` (``reversible`` / ``bptt``), ``dvs``, ``kernel_size``, ``in_chans``, ``depth``,
-        ``layer_scale_init``, ``leak_init``, ``drop_path_rate``, ``head_drop``, ``down0``.
+    Args (model):
+        network: the T-RevSNN as a model spec (:func:`spikelight.models.build_model`): a registered name
+            (``trevsnn_tiny``, ``trevsnn_small``, ``trevsnn_test``), ``{name: ..., <TRevSNN arguments>}``
+            (``timesteps``, ``mode``, ``dvs``, ``in_chans``, ``channels``, ``drop_path_rate`` ...) or
+            ``{class_path: ..., init_args: ...}``. Kept as plain data in the hyper-parameters, so a
+            checkpoint rebuilds the network by itself.
+        num_classes: number of classes (also known by the DataModule); passed into the spec, overriding
+            its own value. ``None``: the network's.
     Args (training):
         loss_weights: per-head weights (``loss_weights()`` of the model module extends them to any T).
         label_smoothing: cross-entropy label smoothing of every head.
@@ -77,7 +86,8 @@ class TRevSNNClassify(SpikelightTask):
         ema_decay: EMA decay (``None`` or 0: no EMA).
         ema_warmup: use ModelEmaV3's decay warmup (``1 - (1 + step) ** -2/3`` capped at ``ema_decay``).
         ema_validate: validate / test the EMA model alongside the raw one.
-        input_key: batch key of the model input; default ``"events"`` when ``dvs`` else ``"image"``.
+        input_key: batch key of the model input; default ``"events"`` when the network is built with
+            ``dvs=True``, else ``"image"``.
         optimizer, warmup_epochs, warmup_start_lr, min_lr, scheduler: see
             :class:`~spikelight.tasks.base.SpikelightTask`.
     """
@@ -85,20 +95,8 @@ class TRevSNNClassify(SpikelightTask):
     def __init__(
         self,
         *,
-        variant: str = "tiny",
-        channels: Optional[Sequence[int]] = None,
-        num_classes: int = 1000,
-        timesteps: int = 4,
-        mode: str = "reversible",
-        dvs: bool = False,
-        kernel_size: int = 5,
-        in_chans: Optional[int] = None,
-        depth: int = 2,
-        layer_scale_init: float = 1e-6,
-        leak_init: float = 0.5,
-        drop_path_rate: float = 0.0,
-        head_drop: float = 0.0,
-        down0: str = "identity",
+        network: ModelConfig = "trevsnn_tiny",
+        num_classes: Optional[int] = None,
         loss_weights: Sequence[float] = (0.25, 0.5, 0.75, 2.0),
         label_smoothing: float = 0.1,
         agc_clip: Optional[float] = 0.02,
@@ -127,29 +125,16 @@ class TRevSNNClassify(SpikelightTask):
             raise ValueError(f"agc_clip must be >= 0 or None, got {agc_clip}")
         if not 0.0 <= float(label_smoothing) < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-        self.save_hyperparameters(ignore=["optimizer"])
-        self.model = TRevSNN(
-            variant=variant,
-            channels=channels,
-            num_classes=num_classes,
-            timesteps=timesteps,
-            kernel_size=kernel_size,
-            in_chans=in_chans,
-            mode=mode,
-            dvs=dvs,
-            depth=depth,
-            layer_scale_init=layer_scale_init,
-            leak_init=leak_init,
-            drop_path_rate=drop_path_rate,
-            head_drop=head_drop,
-            down0=down0,
-        )
+        built = isinstance(network, nn.Module)  # Python API only: saved in the state dict, not in hparams
+        self.save_hyperparameters(ignore=["optimizer", "network"] if built else ["optimizer"])
+        overrides = {} if num_classes is None else {"num_classes": int(num_classes)}
+        self.model: TRevSNN = build_model(network, **overrides)
         self.loss_weights = tuple(float(w) for w in loss_weights)
         self.label_smoothing = float(label_smoothing)
         self.agc_clip = float(agc_clip) if agc_clip else 0.0
         self.agc_exclude_heads = bool(agc_exclude_heads)
         self.no_weight_decay_1d = bool(no_weight_decay_1d)
-        self.input_key = input_key or ("events" if dvs else "image")
+        self.input_key = input_key or ("events" if getattr(self.model, "dvs", False) else "image")
         self.ema_validate = bool(ema_validate)
 
         self.model_ema = None
@@ -160,7 +145,7 @@ class TRevSNNClassify(SpikelightTask):
             for p in self.model_ema.parameters():
                 p.requires_grad_(False)
 
-        k = int(num_classes)
+        k = int(self.model.num_classes)
         top5 = min(5, k)
 
         def acc(top_k: int) -> MulticlassAccuracy:
