@@ -30,7 +30,7 @@ Registered variants (``spikelight.models.create_model(name, **kw)``; F = 6, para
 name                structure                                                        params
 =================== ================================================================ ===============
 spike_pointnet      PointNet + both T-Nets, MLP 64-64 / 64-128-1024, head 512-256      3.60M / 3.80M
-spike_pointnet_test MLP 16-16 / 16-32-64, head 32-16, T-Nets 16-32-64 / 32-16, C = 32  tiny
+spike_pointnet_test MLP 16-16 / 16-32-64, head 32-16, T-Nets 16-32-64 / 32-16, C 32   tiny
 =================== ================================================================ ===============
 
 The reference count is ``3,601,737 + 257 (C - 512)`` in general (paper: 3.57M). The T-Nets hold
