@@ -16,13 +16,27 @@ key            meaning
 ``label``      int64 ``[B]``: class index (-1: unknown)
 ``events``     DVS event frames float32 ``[B, T, 2, H, W]`` (channel 0 OFF, 1 ON)
 ``x``          float32 ``[B, F]`` features of the toy experiment (``ToyDataModule``)
+``frames``     video frames ``[B, M, 3, H, W]`` (float32 normalised by the VLM's processor, or uint8
+               without a transform), zero-padded to the longest video of the batch (video DataModules), with
+               ``frames_mask`` bool ``[B, M]`` (True = a real frame), ``timestamps`` float32 ``[B, M]``
+               (presentation time in seconds, 0 where padded), ``frame_indices`` int64 ``[B, M]`` (-1 padded)
+``video``      ``list[str]``: the video file of each sample; ``skipped``: bad videos skipped for the batch
+``prompt``     ``list[str]``: instruction / question of a video-text pair (``VideoTextDataModule``)
+``question``   ``list[str]``: the question of a multiple-choice item (``VideoMCQDataModule``)
+``options``    ``list[list[str]]``: option texts of each question (no "A." prefixes); ``answer_index``
+               int64 ``[B]``: index of the right option
+``answer``     ``list[str]``: the answer text (pairs) or the right option's text (MCQ)
+``task_type``  ``list[str]`` (MCQ); ``duration`` float32 ``[B]`` seconds (NaN: unknown), ``duration_class``
+               ``list[str]`` (Video-MME short / medium / long), ``qid`` ``list[str]``
+``subtitles``  ``list[str]``: subtitle lines within the sampled time range (``subtitles=True``)
 =============  ==============================================================================
 
 Modules: ``base`` (``SpikelightDataModule``: the shared loaders and per-rank batch size; ``EvalSet``: the
 evaluation-set contract; ``batch_size_of``; ``collate_dict``; ``DataError``: a bad data file, one line
 ``"<file>: <problem>"`` in the main process and in DataLoader workers), ``synthetic`` (toy), ``pointcloud/``
 (ModelNet40, ScanObjectNN, ShapeNet-55/ULIP, OpenShape, procedural 3D triplets), ``images/`` (ImageNet,
-synthetic shapes), ``events/`` (DVS128 Gesture, N-MNIST / N-CARS / AEDAT readers; synthetic DVS).
+synthetic shapes), ``events/`` (DVS128 Gesture, N-MNIST / N-CARS / AEDAT readers; synthetic DVS), ``video/``
+(PyAV decoding and sampling, VLM frame processing, video-text pairs, MLVU / Video-MME MCQ, feature cache).
 Every DataModule is importable from here (loaded on first use).
 """
 
@@ -46,6 +60,8 @@ _LAZY = {
     "DVSGestureDataModule": "events",
     "SyntheticDVSDataModule": "events",
     "EventDataModule": "events",
+    "VideoTextDataModule": "video",
+    "VideoMCQDataModule": "video",
 }
 
 __all__ = ["DataError", "EvalSet", "SpikelightDataModule", "batch_size_of", "collate_dict", *_LAZY]
