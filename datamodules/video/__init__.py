@@ -3,10 +3,11 @@ pairs, MLVU, Video-MME, generic MCQ JSONL), a frozen-feature cache and a video w
 
 Modules
 -------
-* :mod:`.io`: :func:`probe_video` (headers only), :func:`frame_times` (every frame's time by demuxing, no
-  decoding; exact frame count), :func:`uniform_indices` / :func:`fps_indices` / :func:`sample_indices`,
-  :func:`decode_frames` (threaded; seeks to the keyframe before far-apart frames, decodes dense ones
-  sequentially; only as far as the last needed frame) -> :class:`VideoClip` (uint8 ``[M, H, W, 3]``,
+* :mod:`.io`: :func:`probe_video` (headers only), :func:`frame_times` / :func:`keyframe_indices` (every
+  frame's time and the keyframes by demuxing, no decoding; exact frame count), :func:`uniform_indices` /
+  :func:`fps_indices` / :func:`sample_indices`,
+  :func:`decode_frames` (threaded; seeks to the keyframe before a needed frame when that skips
+  decoding, else decodes on; only as far as the last needed frame) -> :class:`VideoClip` (uint8 ``[M, H, W, 3]``,
   ``timestamps`` s, frame ``indices``; ``.to_tensor()`` float ``[M, 3, H, W]``), :func:`read_video`,
   :func:`write_video` (real mp4 / avi / mkv from uint8 frames; libx264 or mpeg4 from the PyAV wheel),
   :class:`VideoError` (``"<file>: <problem>"``).
@@ -40,6 +41,7 @@ from spikelight.datamodules.video.io import (
     decode_frames,
     fps_indices,
     frame_times,
+    keyframe_indices,
     probe_video,
     read_video,
     sample_indices,
@@ -75,7 +77,8 @@ from spikelight.datamodules.video.transforms import (
 from spikelight.datamodules.video.videomme import parse_options, read_videomme
 
 __all__ = [
-    "VideoError", "VideoInfo", "VideoClip", "probe_video", "frame_times", "uniform_indices", "fps_indices",
+    "VideoError", "VideoInfo", "VideoClip", "probe_video", "frame_times", "keyframe_indices", "uniform_indices",
+    "fps_indices",
     "sample_indices", "decode_frames", "read_video", "write_video", "available_encoders",
     "FrameTransform", "HFFrameProcessor", "make_frame_transform", "IMAGENET_MEAN", "IMAGENET_STD", "CLIP_MEAN",
     "CLIP_STD", "SubtitleCue", "parse_srt", "read_srt", "subtitles_in_range",

@@ -40,7 +40,7 @@ POLICIES = ("error", "skip")
 class VideoSampling:
     """Which frames of a video are decoded: ``num_frames`` uniform frames (dense: 64, 128 ...), or, when
     ``fps`` is set, ``fps`` frames per second capped at ``max_frames``. ``size`` ``(h, w)`` resizes while
-    decoding (before the transform; saves memory on large videos); ``strategy`` / ``seek_min_gap_s``: see
+    decoding (before the transform; saves memory on large videos); ``strategy`` / ``seek_min_skip``: see
     :func:`~spikelight.datamodules.video.io.decode_frames`."""
 
     num_frames: int | None = 16
@@ -48,7 +48,7 @@ class VideoSampling:
     max_frames: int | None = None
     size: tuple[int, int] | None = None
     strategy: str = "auto"
-    seek_min_gap_s: float = 2.0
+    seek_min_skip: int = 8
 
     def __post_init__(self) -> None:
         if self.fps is None and (self.num_frames is None or self.num_frames <= 0):
@@ -74,7 +74,8 @@ class VideoSampling:
     def decode(self, path: str | Path):
         """The sampled :class:`~spikelight.datamodules.video.io.VideoClip` of ``path``."""
         idx = self.indices(frame_times(path))
-        return decode_frames(path, idx, strategy=self.strategy, seek_min_gap_s=self.seek_min_gap_s, size=self.size)
+        return decode_frames(path, idx, strategy=self.strategy, seek_min_skip=self.seek_min_skip,
+                             size=self.size)
 
 
 class VideoDataset(Dataset):

@@ -18,9 +18,10 @@ relabelled with the sorted pts over a few frames, so such files index like any o
 
 Decoding strategy (``strategy=``): ``"sequential"`` decodes from the start and stops after the last needed
 frame; ``"seek"`` seeks to the keyframe before each needed frame that is not the next one and decodes
-forward only as far as that frame; ``"auto"`` (default) seeks only across gaps longer than
-``seek_min_gap_s`` seconds and decodes the frames in between otherwise (dense sampling of a short clip
-decodes sequentially, sparse frames of an hour-long video seek). Decoding is threaded (``thread_type =
+forward only as far as that frame; ``"auto"`` (default) seeks only when a keyframe lies more than
+``seek_min_skip`` frames beyond the current position and at or before the next needed frame (the keyframes
+are known from the demux of :func:`frame_times`), i.e. when seeking decodes fewer frames than going on:
+dense sampling and files with rare keyframes decode sequentially, sparse frames of a long video seek. Decoding is threaded (``thread_type =
 "AUTO"``). Every failure is a :class:`VideoError` (a :class:`~spikelight.datamodules.base.DataError`,
 ``"<file>: <problem>"``): unreadable file, no video stream, truncated stream, decoder error.
 """
@@ -48,6 +49,7 @@ __all__ = [
     "VideoClip",
     "probe_video",
     "frame_times",
+    "keyframe_indices",
     "uniform_indices",
     "fps_indices",
     "sample_indices",
@@ -151,7 +153,7 @@ def frame_times(path: PathLike, *, info: VideoInfo | None = None, tolerance: int
         st = p.stat()
     except FileNotFoundError:
         raise FileNotFoundError(f"{p}: video file not found") from None
-    times, header = _frame_times(str(p.resolve()), st.st_size, st.st_mtime_ns)
+    times, _, header = _frame_times(str(p.resolve()), st.st_size, st.st_mtime_ns)
     info = info or header
     n = times.size
     tol = max(2, int(round(0.01 * info.num_frames))) if tolerance is None else int(tolerance)
@@ -165,19 +167,30 @@ def frame_times(path: PathLike, *, info: VideoInfo | None = None, tolerance: int
     return times
 
 
+def keyframe_indices(path: PathLike) -> np.ndarray:
+    """Indices of the keyframes (where decoding can start after a seek), from the same cached demux as
+    :func:`frame_times`."""
+    p = Path(path)
+    frame_times(p)
+    st = p.stat()
+    return _frame_times(str(p.resolve()), st.st_size, st.st_mtime_ns)[1]
+
+
 @functools.lru_cache(maxsize=256)
-def _frame_times(path: str, size: int, mtime_ns: int) -> tuple[np.ndarray, VideoInfo]:
+def _frame_times(path: str, size: int, mtime_ns: int) -> tuple[np.ndarray, np.ndarray, VideoInfo]:
     av = _av()
     container = _open(path)
     try:
         info = _info(container, path)
         stream = container.streams.video[0]
         tb = float(stream.time_base)
-        pts = []
+        pts, key = [], []
         try:
             for packet in container.demux(stream):
                 if packet.size and packet.pts is not None:
                     pts.append(packet.pts)
+                    if packet.is_keyframe:
+                        key.append(packet.pts)
         except av.FFmpegError as e:
             raise VideoError(path, f"reading the packets failed after {len(pts)} frames ({type(e).__name__}: "
                                    f"{e}); the file is corrupt or truncated") from e
@@ -185,9 +198,12 @@ def _frame_times(path: str, size: int, mtime_ns: int) -> tuple[np.ndarray, Video
         container.close()
     if not pts:
         raise VideoError(path, "the video stream holds no frames")
-    times = np.sort(np.asarray(pts, dtype=np.float64)) * tb
+    ticks = np.sort(np.asarray(pts, dtype=np.float64))
+    keys = np.unique(np.searchsorted(ticks, np.asarray(key or [ticks[0]], dtype=np.float64)))
+    times = ticks * tb
     times.setflags(write=False)
-    return times, info
+    keys.setflags(write=False)
+    return times, keys, info
 
 
 # -- sampling ------------------------------------------------------------------------------------------
@@ -322,13 +338,13 @@ class _Cursor:
 
 
 def decode_frames(path: PathLike, indices: Sequence[int] | np.ndarray, *, info: VideoInfo | None = None,
-                  strategy: str = "auto", seek_min_gap_s: float = 2.0, size: tuple[int, int] | None = None,
+                  strategy: str = "auto", seek_min_skip: int = 8, size: tuple[int, int] | None = None,
                   threads: int = 0, stats: dict | None = None) -> VideoClip:
     """Decode the frames ``indices`` (any order, duplicates allowed; returned sorted and unique) of a video.
 
     Args:
         strategy: ``"auto"`` | ``"seek"`` | ``"sequential"`` (see the module docstring).
-        seek_min_gap_s: ``"auto"`` seeks across gaps longer than this; ``"seek"`` across any gap.
+        seek_min_skip: ``"auto"`` seeks when that skips decoding more than this many frames.
         size: ``(height, width)`` to resize to while converting to RGB (swscale, bilinear); ``None``: native.
         threads: decoder threads (0: FFmpeg's choice).
         stats: a dict that receives ``decoded`` (frames decoded) and ``seeks``.
@@ -345,15 +361,21 @@ def decode_frames(path: PathLike, indices: Sequence[int] | np.ndarray, *, info: 
     container = _open(path)
     try:
         info = info or _info(container, path)
-        gap = 1 if strategy == "seek" else (math.inf if strategy == "sequential" else seek_min_gap_s * info.fps)
+        keys = keyframe_indices(path)
         cur = _Cursor(container, info, times, threads)
         picked: list[_Frame] = []
         prev: _Frame | None = None
         pending: _Frame | None = None
         for k in targets.tolist():
             pos = pending.index if pending is not None else (prev.index if prev is not None else -1)
-            if cur.it is None or (k - pos > gap and pending is not None and pending.index < k):
-                prev, pending = None, _seek_or_start(cur, k, gap)
+            if strategy == "seek":
+                jump = k - pos > 1
+            elif strategy == "auto":
+                jump = int(keys[np.searchsorted(keys, k, side="right") - 1]) - pos > seek_min_skip
+            else:
+                jump = False
+            if cur.it is None or (jump and pending is not None and pending.index < k):
+                prev, pending = None, _seek_or_start(cur, k, jump)
             while pending is not None and pending.index < k:
                 prev, pending = pending, cur.next()
             if pending is None:  # the decoder stopped before frame k
@@ -370,10 +392,10 @@ def decode_frames(path: PathLike, indices: Sequence[int] | np.ndarray, *, info: 
                      indices=np.array([p.index for p in picked], dtype=np.int64), info=info)
 
 
-def _seek_or_start(cur: _Cursor, k: int, gap: float) -> _Frame | None:
-    """First frame at or before ``k``: decode from the start when ``k`` is near it, else seek (moving the
-    seek point back when a demuxer lands after the target)."""
-    if k <= gap:
+def _seek_or_start(cur: _Cursor, k: int, seek: bool) -> _Frame | None:
+    """First frame at or before ``k``: decode from the start, or seek (moving the seek point back when a
+    demuxer lands after the target)."""
+    if not seek or k == 0:
         cur.start()
         return cur.next()
     for back_s in (0.0, 2.0, 10.0):
