@@ -3,192 +3,81 @@
 ::
 
     spikelight fit      --config experiments/toy.yaml [--trainer.max_epochs 3 ...]
+    spikelight fit      --config experiments/toy.yaml --ckpt_path last          # resume
     spikelight validate --config experiments/toy.yaml --ckpt_path last
     spikelight energy   --config experiments/toy.yaml [--ckpt_path ...] [--num_batches 4]
     spikelight export   --config experiments/svl/synthetic.yaml --ckpt_path last --classes names.txt --out deploy/
 
-Run directory: every experiment writes to ``<run_root>/<name>/`` (``run_root`` defaults to ``runs``,
-``name`` to the config's file name, e.g. ``experiments/svl/synthetic.yaml`` -> ``svl_synthetic``):
-``checkpoints/`` (fixed dirpath, ``last.ckpt`` always kept so ``--ckpt_path last`` resumes),
-``config.yaml`` (the resolved config, overwritten on resume), the logger's files (``wandb/``
-offline runs by default), and the callbacks' outputs (``energy.json``, plots).
+Run folder ``<run_root>/<name>/`` (``run_root`` defaults to ``runs``, ``name`` to the config's file name,
+e.g. ``experiments/svl/synthetic.yaml`` -> ``svl_synthetic``); its layout and rules are in
+:mod:`spikelight.runs`:
 
-Extra top-level keys: ``name``, ``run_root`` and ``smoke`` (settings the config test uses to shrink an
-experiment to a few steps; ignored by every command).
+* one owner: a ``fit`` holds the folder's lock; a second live ``fit`` on it is refused;
+* a fresh ``fit`` (no ``--ckpt_path``) into a folder that holds a training stops with a message
+  (``--ckpt_path last`` resumes, ``--name`` starts another, ``--overwrite true`` moves the old files away);
+* ``--ckpt_path last`` means the run's newest checkpoint (``checkpoints/last.ckpt`` or a newer SLURM
+  ``hpc_ckpt_*``) for every command; ``validate/test/predict/energy/export`` stop when there is none;
+* a relaunch by SLURM (``SLURM_RESTART_COUNT > 0``) resumes from the newest checkpoint by itself;
+* debug runs (``--trainer.fast_dev_run``) write under ``<run_root>/_debug/<name>/``;
+* a model argument that differs from the checkpoint's hyper-parameters is refused, naming the key;
+* checkpoints are written atomically (:mod:`spikelight.checkpoint_io`).
+
+Extra top-level keys: ``name``, ``run_root``, ``overwrite`` and ``smoke`` (settings the config test uses to
+shrink an experiment to a few steps; ignored by every command).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import WandbLogger as _LightningWandb
 from lightning.pytorch.utilities import rank_zero_info
 
+from spikelight import __version__
+from spikelight.checkpoint_io import CheckpointError, load_checkpoint
+from spikelight.commands import SpikelightTrainer, load_weights, parse_class_names  # noqa: F401 (public API)
+from spikelight.runs import RunFolder, RunFolderError, is_rank_zero
+
 SPIKELIGHT_SUBCOMMANDS = ("energy", "export")
-
-
-# --------------------------------------------------------------------------- checkpoint loading
-def resolve_ckpt_path(ckpt_path: Optional[str], trainer: Optional[Trainer] = None) -> Optional[str]:
-    """Turn ``"last"`` into the run's ``checkpoints/last.ckpt``; check that the file exists."""
-    if ckpt_path is None:
-        return None
-    if ckpt_path == "last":
-        candidates = []
-        if trainer is not None:
-            for cb in trainer.checkpoint_callbacks:
-                if getattr(cb, "dirpath", None):
-                    candidates.append(Path(cb.dirpath) / "last.ckpt")
-        for c in candidates:
-            if c.is_file():
-                return str(c)
-        raise FileNotFoundError(
-            "--ckpt_path last: no last.ckpt found in " + ", ".join(str(c) for c in candidates) if candidates
-            else "--ckpt_path last: this run has no checkpoint directory"
-        )
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {ckpt_path}")
-    return ckpt_path
-
-
-def load_weights(model: torch.nn.Module, ckpt_path: str, *, weights_only: Optional[bool] = True,
-                 strict: bool = True) -> dict:
-    """Load a Lightning checkpoint's ``state_dict`` into ``model`` (``weights_only`` honoured), after the
-    module's own ``on_load_checkpoint`` (e.g. the base task drops weights of frozen, rebuilt parts)."""
-    try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=weights_only is not False)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file name
-        raise ValueError(f"cannot read checkpoint {ckpt_path}: {e}") from e
-    if "state_dict" in ckpt and isinstance(model, LightningModule):
-        model.on_load_checkpoint(ckpt)
-    state = ckpt.get("state_dict", ckpt)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if strict and (missing or unexpected):
-        raise ValueError(
-            f"checkpoint {ckpt_path} does not match the model: missing keys {missing[:5]}..., "
-            f"unexpected keys {unexpected[:5]}..."
-        )
-    return ckpt
-
-
-# --------------------------------------------------------------------------- trainer with extra commands
-class SpikelightTrainer(Trainer):
-    """Lightning's Trainer plus spikelight's own subcommands (their signatures become CLI options)."""
-
-    def energy(
-        self,
-        model: LightningModule,
-        datamodule: Optional[LightningDataModule] = None,
-        ckpt_path: Optional[str] = None,
-        num_batches: int = 4,
-        module: Optional[str] = None,
-        weights_only: Optional[bool] = True,
-    ) -> dict:
-        """Print firing rates, synaptic operations and estimated energy for a model on a few batches.
-
-        Args:
-            ckpt_path: checkpoint to load first (``last`` = this run's last.ckpt); random weights if unset.
-            num_batches: number of validation batches to measure.
-            module: only count operations inside this submodule (e.g. ``encoder``); default: the
-                SpikeEnergy callback's setting, else the whole model.
-            weights_only: load the checkpoint with ``torch.load(weights_only=...)``.
-        """
-        from spikelight.callbacks import SpikeEnergy
-        from spikelight.profiling.energy import format_report
-
-        ckpt = resolve_ckpt_path(ckpt_path, self)
-        if ckpt is not None:
-            load_weights(model, ckpt, weights_only=weights_only)
-        meters = [c for c in self.callbacks if isinstance(c, SpikeEnergy)]
-        if meters:
-            meter = meters[0]
-            meter.num_batches = num_batches
-            if module is not None:
-                meter.module = module
-        else:
-            meter = SpikeEnergy(module=module, num_batches=num_batches)
-            self.callbacks.append(meter)
-        self.validate(model, datamodule=datamodule, verbose=False)
-        report = meter.last_report
-        if report is None:
-            raise RuntimeError("no validation batch was measured: does the datamodule have a val_dataloader?")
-        print(format_report(report))
-        path = Path(self.default_root_dir) / "energy.json"
-        if path.is_file():
-            print(f"\nwritten: {path}")
-        return report.to_dict()
-
-    def export(
-        self,
-        model: LightningModule,
-        datamodule: Optional[LightningDataModule] = None,
-        ckpt_path: Optional[str] = None,
-        classes: Optional[str] = None,
-        templates: Optional[str] = None,
-        out: str = "deploy",
-        weights_only: Optional[bool] = True,
-    ) -> str:
-        """Export a deployable model (e.g. SVL's Rep-VLI classifier with no text encoder): the class rows
-        come from the task's zero-shot classifier (:mod:`spikelight.models.zero_shot`), the same module
-        its validation scores with, and load with :func:`spikelight.deploy.load_deploy`.
-
-        Args:
-            ckpt_path: checkpoint with the trained weights (``last`` = this run's last.ckpt).
-            classes: class names: a comma-separated list or a text file with one name per line;
-                default: the datamodule's first evaluation set.
-            templates: prompt templates (one ``{}`` each), a file with one per line (or a list separated by
-                ``|``); default: the task's / evaluation set's.
-            out: output directory.
-            weights_only: load the checkpoint with ``torch.load(weights_only=...)``.
-        """
-        if not hasattr(model, "export_deploy"):
-            raise ValueError(f"{type(model).__name__} does not support export (no export_deploy method)")
-        ckpt = resolve_ckpt_path(ckpt_path, self)
-        if ckpt is not None:
-            load_weights(model, ckpt, weights_only=weights_only)
-        class_names = parse_class_names(classes) if classes else None
-        prompts = parse_class_names(templates, sep="|") if templates else None
-        path = model.export_deploy(out_dir=out, class_names=class_names, datamodule=datamodule, templates=prompts)
-        print(f"exported deploy model to {path}")
-        return str(path)
-
-
-def parse_class_names(classes: str, *, sep: str = ",") -> list[str]:
-    """``classes`` is a file (one name per line, ``#`` comments allowed) or a ``sep``-separated list."""
-    p = Path(classes)
-    if p.is_file():
-        names = [ln.strip() for ln in p.read_text().splitlines()]
-        names = [n for n in names if n and not n.startswith("#")]
-    elif sep in classes or not (p.suffix or os.sep in classes):
-        names = [n.strip() for n in classes.split(sep) if n.strip()]
-    else:
-        raise FileNotFoundError(f"file not found: {classes}")
-    if not names:
-        raise ValueError(f"no names in {classes!r}")
-    return names
+CHECKPOINT_COMMANDS = ("validate", "test", "predict", "energy", "export")
+#: keys the DataModule and the model must agree on: (data init arg, model init arg path). The data's
+#: value is the source: it is copied into the model's config (one place to change a class count)
+LINKED_KEYS = (
+    ("num_classes", "num_classes"),
+    ("num_features", "in_features"),
+    ("in_features", "in_features"),
+    ("img_size", "img_size"),
+    ("timesteps", "network.timesteps"),
+    ("class_names", "class_names"),
+)
+#: modules imported before parsing so that short class names work (``--model SVLPretrain``)
+_SHORT_NAME_MODULES = ("spikelight.tasks.toy", "spikelight.tasks.trevsnn_classify", "spikelight.tasks.svl_pretrain",
+                       "spikelight.datamodules")
 
 
 # --------------------------------------------------------------------------- config saving
 class SpikelightSaveConfig(SaveConfigCallback):
-    """Save the resolved config as ``<run_dir>/config.yaml`` (overwritten on resume) and record it in
-    the logger (W&B run config, or the logger's hyperparameters)."""
+    """``fit``: save the resolved config as ``<run_dir>/config.yaml``; every command: record it once in the
+    logger (the W&B run config, or the logger's hyper-parameters). The per-launch history
+    (``configs/<time>-<command>.yaml``) is written by the CLI before anything is built."""
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.already_saved:
             return
-        run_dir = Path(trainer.default_root_dir)
         if trainer.is_global_zero:
+            run_dir = Path(trainer.default_root_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
-            self.parser.save(self.config, str(run_dir / self.config_filename), skip_none=False,
-                             overwrite=True, multifile=False)
+            if stage == "fit":
+                self.parser.save(self.config, str(run_dir / self.config_filename), skip_none=False,
+                                 overwrite=True, multifile=False)
             self.save_config(trainer, pl_module, stage)
             self.already_saved = True
         self.already_saved = trainer.strategy.broadcast(self.already_saved)
@@ -199,13 +88,34 @@ class SpikelightSaveConfig(SaveConfigCallback):
         config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
         config.pop("smoke", None)
         for logger in trainer.loggers:
-            if isinstance(logger, _LightningWandb):
-                logger.experiment.config.update({"config": config}, allow_val_change=True)
+            if hasattr(logger, "set_config"):  # OfflineWandbLogger: into wandb.init, no run opened here
+                logger.set_config({"config": config})
             else:
                 logger.log_hyperparams({"config": config})
 
 
-# --------------------------------------------------------------------------- the CLI
+class StaleCheckpointCleaner(Callback):
+    """On resume, delete checkpoint files in the run's checkpoint folder that the restored ``ModelCheckpoint``
+    state does not know (e.g. a top-k file written after the resumed ``last.ckpt``, just before a crash)."""
+
+    def __init__(self, resumed_from: str) -> None:
+        self.resumed_from = Path(resumed_from).resolve()
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        for cb in trainer.checkpoint_callbacks:
+            if not isinstance(cb, ModelCheckpoint) or not cb.dirpath or not Path(cb.dirpath).is_dir():
+                continue
+            known = {Path(p).resolve() for p in [*cb.best_k_models, cb.best_model_path, cb.last_model_path] if p}
+            known.add(self.resumed_from)
+            for f in Path(cb.dirpath).glob("*.ckpt"):
+                if f.resolve() not in known and f.name != "last.ckpt":
+                    f.unlink()
+                    rank_zero_info(f"spikelight: removed stale checkpoint {f} (not part of the resumed training)")
+
+
+# --------------------------------------------------------------------------- helpers
 def _experiment_name(config_paths: list) -> str:
     """``experiments/svl/synthetic.yaml`` -> ``svl_synthetic``; ``experiments/toy.yaml`` -> ``toy``."""
     for p in config_paths or []:
@@ -218,18 +128,85 @@ def _experiment_name(config_paths: list) -> str:
     return "default"
 
 
-def _logger_entries(logger_cfg: Any) -> list:
-    if isinstance(logger_cfg, list):
-        return logger_cfg
-    if isinstance(logger_cfg, (Namespace, dict)):
-        return [logger_cfg]
+def _entries(value: Any) -> list:
+    if isinstance(value, list):
+        return value
+    if isinstance(value, (Namespace, dict)):
+        return [value]
     return []
 
 
+def _plain(value: Any) -> Any:
+    """Comparable plain data (Namespaces -> dicts, tuples -> lists) for config-vs-checkpoint checks."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    return json.loads(json.dumps(value, default=str))
+
+
+def link_data_to_model(cfg: Namespace) -> list[str]:
+    """Copy each :data:`LINKED_KEYS` value of ``data.init_args`` into ``model.init_args`` where both take it;
+    returns the changed keys (``model.init_args.in_features=8 (from data.init_args.num_features)``)."""
+    data, model = cfg.get("data"), cfg.get("model")
+    if not isinstance(data, Namespace) or not isinstance(model, Namespace):
+        return []
+    d_init, m_init = data.get("init_args"), model.get("init_args")
+    if not isinstance(d_init, Namespace) or not isinstance(m_init, Namespace):
+        return []
+    changed = []
+    for d_key, m_path in LINKED_KEYS:
+        value = d_init.get(d_key)
+        if value is None:
+            continue
+        *parents, leaf = m_path.split(".")
+        holder: Any = m_init
+        for part in parents:
+            holder = holder.get(part) if isinstance(holder, (Namespace, dict)) else None
+        if not isinstance(holder, (Namespace, dict)) or leaf not in holder:
+            continue
+        if _plain(holder[leaf]) != _plain(value):
+            changed.append(f"model.init_args.{m_path}={_plain(value)!r} (from data.init_args.{d_key}; was "
+                           f"{_plain(holder[leaf])!r})")
+            holder[leaf] = value
+    return changed
+
+
+def _differences(prefix: str, mine: Any, theirs: Any) -> list[tuple[str, Any, Any]]:
+    """Leaf keys where two plain configs differ (``network.hidden``, not the whole ``network`` dict)."""
+    if isinstance(mine, dict) and isinstance(theirs, dict):
+        out = []
+        for k in [*mine, *(k for k in theirs if k not in mine)]:
+            out += _differences(f"{prefix}.{k}", mine.get(k), theirs.get(k))
+        return out
+    return [] if mine == theirs else [(prefix, mine, theirs)]
+
+
+def _is_requeue() -> bool:
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+    except ValueError:
+        return False
+
+
+def _gpu_accelerator(accelerator: Any) -> bool:
+    import torch
+
+    name = str(accelerator.get("class_path", "") if isinstance(accelerator, (dict, Namespace)) else accelerator)
+    if name.lower() in ("cpu",) or "CPUAccelerator" in name:
+        return False
+    if name.lower() in ("auto", "none", ""):
+        return torch.cuda.is_available()
+    return True
+
+
+# --------------------------------------------------------------------------- the CLI
 class SpikelightCLI(LightningCLI):
-    """LightningCLI with spikelight's run directory, checkpointing and extra subcommands."""
+    """LightningCLI with spikelight's run folders, checkpoint rules and extra subcommands."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        import importlib
+
+        for mod in _SHORT_NAME_MODULES:  # known subclasses -> short class names resolve
+            importlib.import_module(mod)
         kwargs.setdefault("model_class", LightningModule)
         kwargs.setdefault("datamodule_class", LightningDataModule)
         kwargs.setdefault("subclass_mode_model", True)
@@ -239,7 +216,11 @@ class SpikelightCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("seed_everything_default", 42)
         kwargs.setdefault("auto_configure_optimizers", False)
-        kwargs.setdefault("parser_kwargs", {"prog": "spikelight", "description": "spikelight: launch, resume, measure and export experiments."})
+        kwargs.setdefault("parser_kwargs", {
+            "prog": "spikelight", "version": __version__,
+            "description": "spikelight: launch, resume, measure and export experiments.",
+        })
+        self.run_folder: Optional[RunFolder] = None
         super().__init__(*args, **kwargs)
 
     @staticmethod
@@ -253,6 +234,9 @@ class SpikelightCLI(LightningCLI):
         parser.add_argument("--name", type=Optional[str], default=None,
                             help="Experiment name (run directory <run_root>/<name>); default: from the config file name.")
         parser.add_argument("--run_root", type=str, default="runs", help="Root folder of run directories.")
+        parser.add_argument("--overwrite", type=bool, default=False,
+                            help="fit: start over in a run folder that holds a training (its files are moved to "
+                                 "<run>/replaced-<time>/).")
         parser.add_argument("--smoke", type=Optional[dict], default=None,
                             help="Settings the config test uses to shrink this experiment (ignored by commands).")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -260,61 +244,182 @@ class SpikelightCLI(LightningCLI):
             "checkpoint.save_last": True,
             "checkpoint.filename": "{epoch:03d}-{step:06d}",
             "checkpoint.save_top_k": 1,
+            "checkpoint.enable_version_counter": False,  # one last.ckpt, never last-v1.ckpt
         })
 
-    # ------------------------------------------------------------------ run directory wiring
+    # ------------------------------------------------------------------ run folder and checkpoint
+    def _prepare_run(self, cfg: Namespace, sub: Optional[str]) -> None:
+        """Run folder, ``--ckpt_path`` resolution and the folder rules (once, before the checkpoint's
+        hyper-parameters are compared with the config)."""
+        if self.run_folder is not None:
+            return
+        for change in link_data_to_model(cfg):
+            rank_zero_info(f"spikelight: linked {change}")
+        name = cfg.get("name") or _experiment_name(cfg.get("config") or [])
+        cfg["name"] = name
+        debug = bool(cfg.get("trainer.fast_dev_run"))
+        if not cfg.get("trainer.default_root_dir"):  # an explicit default_root_dir wins
+            root = Path(cfg.get("run_root") or "runs")
+            cfg["trainer.default_root_dir"] = str(root / "_debug" / name if debug else root / name)
+        run = self.run_folder = RunFolder(cfg["trainer.default_root_dir"])
+        if not cfg.get("checkpoint.dirpath"):
+            cfg["checkpoint.dirpath"] = str(run.checkpoints)
+        ckpt = cfg.get("ckpt_path")
+        if sub == "fit":
+            if not debug:
+                run.acquire("fit")  # refuses a second live fit on this folder
+            if ckpt == "last" or (ckpt is None and _is_requeue()):
+                last = run.last_checkpoint()
+                cfg["ckpt_path"] = str(last) if last else None
+                rank_zero_info(f"spikelight: resuming from {last}" if last else
+                               f"spikelight: no checkpoint in {run.path} yet: starting the training")
+            elif ckpt is None and not debug:
+                run.check_fresh_fit(overwrite=bool(cfg.get("overwrite")))
+        elif sub in CHECKPOINT_COMMANDS and ckpt == "last":
+            cfg["ckpt_path"] = str(run.require_last(sub))
+        if cfg.get("ckpt_path") and not Path(cfg["ckpt_path"]).is_file():
+            raise CheckpointError(f"checkpoint file not found: {cfg['ckpt_path']}")
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's version lets the checkpoint's hyper-parameters silently replace the config's. Here a
+        model argument that differs from the checkpoint is refused with the key named; a checkpoint of
+        another model class gives one message."""
+        sub = self.config.get("subcommand")
+        if not sub:
+            return
+        cfg = self.config[sub]
+        self._prepare_run(cfg, sub)
+        ckpt_path = cfg.get("ckpt_path")
+        if not ckpt_path:
+            return
+        ckpt = load_checkpoint(ckpt_path)
+        hparams = dict(ckpt.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        class_path = hparams.pop("_class_path", None)
+        model_cfg = cfg.get("model")
+        if not hparams or not isinstance(model_cfg, Namespace):
+            return
+        if class_path and class_path != model_cfg.get("class_path"):
+            raise CheckpointError(f"checkpoint {ckpt_path} was written by {class_path}, but this config builds "
+                                  f"{model_cfg.get('class_path')}: give the matching config or checkpoint")
+        init = model_cfg.get("init_args") or Namespace()
+        unknown = [k for k in hparams if k not in init]
+        if unknown:
+            raise CheckpointError(
+                f"checkpoint {ckpt_path} holds model arguments {unknown[:5]} that "
+                f"{model_cfg.get('class_path')} does not take: it was written by another model"
+            )
+        differ = [d for k, v in hparams.items() for d in _differences(k, _plain(init[k]), _plain(v))]
+        if differ:
+            k, mine, theirs = differ[0]
+            more = f" (and {len(differ) - 1} more: {[d[0] for d in differ[1:4]]})" if len(differ) > 1 else ""
+            raise CheckpointError(
+                f"--model.init_args.{k}={mine!r} differs from the value the checkpoint was trained with "
+                f"({theirs!r}, {ckpt_path}){more}. Drop it (the checkpoint's value is used) or start a "
+                "new run without --ckpt_path."
+            )
+
+    # ------------------------------------------------------------------ wiring before anything is built
     def before_instantiate_classes(self) -> None:
         sub = self.subcommand
         cfg = self.config[sub] if sub else self.config
-        name = cfg.get("name") or _experiment_name(cfg.get("config") or [])
-        cfg["name"] = name
-        if not cfg.get("trainer.default_root_dir"):  # an explicit default_root_dir wins
-            cfg["trainer.default_root_dir"] = str(Path(cfg.get("run_root") or "runs") / name)
-        run_dir = self.run_dir = Path(cfg["trainer.default_root_dir"])
-        if not cfg.get("checkpoint.dirpath"):
-            cfg["checkpoint.dirpath"] = str(run_dir / "checkpoints")
-
+        self._prepare_run(cfg, sub)
+        run, name = self.run_folder, cfg["name"]
+        self._checkpoint_io(cfg)
+        self._sync_batchnorm(cfg)
+        callbacks = list(cfg.get("trainer.callbacks") or [])
+        logger = cfg.get("trainer.logger")
         if sub in SPIKELIGHT_SUBCOMMANDS:
-            # measuring / exporting: no logger, no training-time monitors, no config write
-            cfg["trainer.logger"] = False
-            cbs = cfg.get("trainer.callbacks") or []
-            cfg["trainer.callbacks"] = [c for c in cbs if "MemoryMonitor" not in str(c.get("class_path", ""))]
+            # measuring / exporting: no logger, no training-time monitors
+            cfg["trainer.logger"] = logger = False
+            callbacks = [c for c in callbacks if "MemoryMonitor" not in str(c.get("class_path", ""))]
             self.save_config_callback = None
             if sub == "energy":
                 cfg["trainer.limit_val_batches"] = cfg.get("num_batches") or 4
-        else:
-            for entry in _logger_entries(cfg.get("trainer.logger")):
-                init = entry.get("init_args")
-                if init is None:
-                    continue
-                class_path = str(entry.get("class_path", ""))
-                if "save_dir" in init and init.get("save_dir") in (None, ".", "", "runs"):
-                    init["save_dir"] = str(run_dir)
-                elif "root_dir" in init and init.get("root_dir") in (None, ".", ""):
-                    init["root_dir"] = str(run_dir)
-                if "Wandb" in class_path:
-                    if init.get("name") in (None, ""):
-                        init["name"] = name
-                elif "name" in init and init.get("name") in (None, "lightning_logs"):
-                    init["name"] = "logs"
+        if logger in (False, None) or not _entries(logger) and logger is not True:
+            dropped = [c for c in callbacks if "LearningRateMonitor" in str(c.get("class_path", ""))]
+            if dropped and sub not in SPIKELIGHT_SUBCOMMANDS:
+                rank_zero_info("spikelight: no logger: LearningRateMonitor left out")
+            callbacks = [c for c in callbacks if c not in dropped]
+        cfg["trainer.callbacks"] = callbacks
+        for entry in _entries(logger):
+            self._wire_logger(entry, name, sub)
+        if sub and is_rank_zero() and not cfg.get("trainer.fast_dev_run"):
+            run.record_config(self.parser.dump(self.config, skip_none=False), sub)
         # checkpoints written by this framework load with weights_only=True
         if sub in ("fit", "validate", "test", "predict") and cfg.get("ckpt_path") and cfg.get("weights_only") is None:
             cfg["weights_only"] = True
 
+    def _wire_logger(self, entry: Namespace, name: str, sub: Optional[str]) -> None:
+        init = entry.get("init_args")
+        if init is None:
+            return
+        class_path = str(entry.get("class_path", ""))
+        run_dir = str(self.run_folder.path)
+        if "save_dir" in init and init.get("save_dir") in (None, ".", "", "runs"):
+            init["save_dir"] = run_dir
+        elif "root_dir" in init and init.get("root_dir") in (None, ".", ""):
+            init["root_dir"] = run_dir
+        if "Wandb" in class_path:
+            if init.get("name") in (None, ""):
+                init["name"] = name
+            if "group" in init and not init.get("group"):
+                init["group"] = name
+            if "job_type" in init and not init.get("job_type"):
+                init["job_type"] = sub
+            if sub == "fit" and "id" in init and not init.get("id"):  # one W&B run per training
+                init["id"] = self.run_folder.wandb_id()
+        elif "name" in init and init.get("name") in (None, "lightning_logs"):
+            init["name"] = "logs"
+
+    @staticmethod
+    def _checkpoint_io(cfg: Namespace) -> None:
+        plugins = _entries(cfg.get("trainer.plugins"))
+        if any("CheckpointIO" in str(p.get("class_path", p)) for p in plugins):
+            return  # the user chose one
+        cfg["trainer.plugins"] = [*plugins, Namespace(class_path="spikelight.checkpoint_io.AtomicCheckpointIO",
+                                                      init_args=Namespace())]
+
+    @staticmethod
+    def _sync_batchnorm(cfg: Namespace) -> None:
+        if cfg.get("trainer.sync_batchnorm") and not _gpu_accelerator(cfg.get("trainer.accelerator")):
+            cfg["trainer.sync_batchnorm"] = False
+            rank_zero_info("spikelight: sync_batchnorm turned off: SyncBatchNorm needs GPUs (on CPU each process "
+                           "normalises its own batch)")
+
+    def after_instantiate_classes(self) -> None:
+        super().after_instantiate_classes()
+        sub = self.subcommand
+        ckpt = self.config[sub].get("ckpt_path") if sub else None
+        if sub == "fit" and ckpt:
+            self.trainer.callbacks.append(StaleCheckpointCleaner(ckpt))
+        if self.subcommand and self.save_config_callback is not None:
+            # the resolved config is logged once by SpikelightSaveConfig; no second copy from Lightning
+            for obj in (getattr(self, "model", None), getattr(self, "datamodule", None)):
+                if obj is not None:
+                    obj._log_hyperparams = False
+
     def before_fit(self) -> None:
-        rank_zero_info(f"spikelight: run directory {self.run_dir}")
+        rank_zero_info(f"spikelight: run directory {self.run_folder.path if self.run_folder else '?'}")
 
 
 def main(args: Optional[list[str]] = None) -> None:
     """Console entry point. Known input errors end with one clear line (``SPIKELIGHT_DEBUG=1``: traceback)."""
     os.environ.setdefault("WANDB_SILENT", "true")
     try:
+        from spikelight.warnings_filter import filter_known_warnings
+    except ImportError:  # pragma: no cover - during development only
+        pass
+    else:
+        filter_known_warnings()
+    try:
         SpikelightCLI(args=args)
-    except (FileNotFoundError, NotADirectoryError, ValueError, FloatingPointError) as e:
+    except (FileNotFoundError, NotADirectoryError, ValueError, FloatingPointError, RunFolderError) as e:
         if os.environ.get("SPIKELIGHT_DEBUG"):
             raise
         tb = traceback.extract_tb(e.__traceback__)
-        where = f" (raised at {tb[-1].filename}:{tb[-1].lineno})" if tb else ""
+        known = isinstance(e, (RunFolderError, CheckpointError)) or hasattr(e, "path")  # messages that say it all
+        where = f" (raised at {tb[-1].filename}:{tb[-1].lineno})" if tb and not known else ""
         print(f"spikelight: error: {type(e).__name__}: {e}{where}\n"
               "Set SPIKELIGHT_DEBUG=1 for the full traceback.", file=sys.stderr)
         sys.exit(2)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Optional
 
 
-__all__ = ["PARTIAL_SUFFIX", "RunFolder", "RunFolderBusy", "RunFolderError", "checkpoint_step", "remove_partials"]
+__all__ = ["PARTIAL_SUFFIX", "RunFolder", "is_rank_zero", "RunFolderBusy", "RunFolderError", "checkpoint_step", "remove_partials"]
 
 #: suffix of the temporary files of :func:`spikelight.checkpoint_io.atomic_torch_save`
 PARTIAL_SUFFIX = ".partial"
@@ -69,7 +69,8 @@ def checkpoint_step(path: Path) -> int:
         return -1
 
 
-def _is_rank_zero() -> bool:
+def is_rank_zero() -> bool:
+    """Whether this process is global rank 0 of its launch (from the launchers' environment variables)."""
     for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
         v = os.environ.get(var)
         if v not in (None, "", "0"):
@@ -96,7 +97,7 @@ class RunFolder:
         Raises :class:`RunFolderBusy` naming the owner when another live process holds it. The lock is an
         ``flock``: the kernel releases it when the owner dies (``kill -9`` included), so a crashed run never
         blocks its own resume. Returns whether this process now holds the lock."""
-        if self._lock_fd is not None or not _is_rank_zero():
+        if self._lock_fd is not None or not is_rank_zero():
             return self._lock_fd is not None
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
