@@ -43,8 +43,9 @@ def test_matches_the_formula_for_every_option():
     for kw in ({}, {"scale": 0.3, "temperature": 2.0}, {"temperature": 0.1, "mean_residual": 0.25}):
         lvc = QueryAttentionCompression(window=3, **kw)
         out, valid = lvc(v, q, mask)
-        ref, ref_valid = reference(v, q, mask, 3, kw.get("scale"), kw.get("temperature", 1.0),
-                                   kw.get("mean_residual", 0.0))
+        ref, ref_valid = reference(
+            v, q, mask, 3, kw.get("scale"), kw.get("temperature", 1.0), kw.get("mean_residual", 0.0)
+        )
         assert out.shape == (2, 3, 3, 8) and torch.equal(valid, ref_valid)
         torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
 

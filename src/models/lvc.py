@@ -60,7 +60,9 @@ def question_query(input_ids: Tensor, attention_mask: Optional[Tensor], embeddin
     mask = attention_mask.to(emb.dtype).unsqueeze(-1)
     count = mask.sum(dim=1)
     if bool((count == 0).any()):
-        raise ValueError("question_query: a question has no valid token (attention_mask is all zero in a row)")
+        raise ValueError(
+            "question_query: a question has no valid token (attention_mask is all zero in a row)"
+        )
     return (emb * mask).sum(dim=1) / count
 
 
@@ -139,18 +141,27 @@ class QueryAttentionCompression(nn.Module):
             visual = torch.cat([visual, visual.new_zeros(b, pad, t, d)], dim=1)
             frame_mask = torch.cat([frame_mask, frame_mask.new_zeros(b, pad)], dim=1)
         mask = frame_mask.view(b, n, w)
-        # zero the padded frames: whatever they hold (even NaN / inf) cannot reach a pseudo-frame
-        v = visual.view(b, n, w, t, d).masked_fill(~mask[..., None, None], 0.0)
+        v = visual.view(b, n, w, t, d)
+        if not bool(mask.all()):
+            # zero the padded frames: whatever they hold (even NaN / inf) cannot reach a pseudo-frame
+            v = v.masked_fill(~mask[..., None, None], 0.0)
 
         sdt = self.softmax_dtype or v.dtype
         scale = self.scale if self.scale is not None else 1.0 / math.sqrt(d)
-        scores = torch.einsum("bnwtd,bd->bnwt", v.to(sdt), query.to(sdt)) * (scale / self.temperature)
+        # <V[f, k], q> for every frame and token: one matrix-vector product per video
+        scores = torch.bmm(v.reshape(b, n * w * t, d).to(sdt), query.to(sdt).unsqueeze(-1)).view(b, n, w, t)
+        scores = scores * (scale / self.temperature)
         scores = scores.masked_fill(~mask[..., None], float("-inf"))
         attn = torch.softmax(scores, dim=2)
         valid = mask.any(dim=2)  # [B, n]
         # an all-padding window: softmax of all -inf is NaN -> weights 0 (the pseudo-frame is zeros)
-        attn = torch.where(valid[:, :, None, None], attn, torch.zeros((), dtype=attn.dtype, device=attn.device))
-        out = torch.einsum("bnwt,bnwtd->bntd", attn.to(v.dtype), v)
+        attn = torch.where(
+            valid[:, :, None, None], attn, torch.zeros((), dtype=attn.dtype, device=attn.device)
+        )
+        attn = attn.to(v.dtype).unsqueeze(-1)  # [B, n, w, t, 1]
+        out = v[:, :, 0] * attn[:, :, 0]  # weighted sum over the window, one frame at a time (w is small)
+        for j in range(1, w):
+            out = out + v[:, :, j] * attn[:, :, j]
         if self.mean_residual > 0.0:
             count = mask.sum(dim=2).clamp_min(1).to(v.dtype)  # [B, n]
             mean = v.sum(dim=2) / count[..., None, None]

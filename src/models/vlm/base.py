@@ -57,6 +57,7 @@ class VLMAdapter(nn.Module):
         self.tokenizer = tokenizer
         self.source = source
         self.trainable_mode = "all"
+        self.gradient_checkpointing = False
 
     # ------------------------------------------------------------------ parts
     @property
@@ -67,6 +68,11 @@ class VLMAdapter(nn.Module):
     @property
     def vision_tower(self) -> nn.Module:
         raise NotImplementedError
+
+    @property
+    def language_model(self) -> nn.Module:
+        """The LLM's decoder (without the LM head)."""
+        return self.model.model.language_model
 
     @property
     def hidden_size(self) -> int:
@@ -121,7 +127,23 @@ class VLMAdapter(nn.Module):
             self.model.eval()
             if mode and self.trainable_mode == "align":
                 self.alignment_layer.train()
+                if self.gradient_checkpointing:  # transformers checkpoints a layer only in training mode
+                    self.language_model.train()
         return self
+
+    def enable_gradient_checkpointing(self) -> "VLMAdapter":
+        """Recompute the LLM's decoder layers during backward instead of keeping their activations (the
+        gradient of the alignment layer flows through the whole frozen LLM). ``transformers`` checkpoints a
+        layer only in training mode, so in ``"align"`` mode the LLM's modules then run in train mode (its
+        weights stay frozen; Qwen2 / InternLM2 / Phi-3 use no dropout at their released settings)."""
+        kwargs = {"use_reentrant": False}
+        enable = getattr(self.model, "activation_checkpointing_enable", None)  # transformers >= 5.x name
+        if enable is not None:
+            enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        self.gradient_checkpointing = True
+        return self.train(self.training)
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -217,7 +239,9 @@ class VLMAdapter(nn.Module):
         if compression is not None:
             if query is None:
                 if question_ids is None:
-                    raise ValueError("compression needs the question: pass question_ids (and question_mask) or query")
+                    raise ValueError(
+                        "compression needs the question: pass question_ids (and question_mask) or query"
+                    )
                 query = self.question_query(question_ids, question_mask)
             visual, frame_mask = compression(visual, query, frame_mask)
         embeds = self.inputs_embeds(input_ids, visual, frame_mask)

@@ -32,8 +32,14 @@ class InternVLAdapter(VLMAdapter):
 
     kind = "internvl"
 
-    def __init__(self, model: nn.Module, *, tokenizer: Any = None, source: Optional[str] = None,
-                 frame_labels: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        tokenizer: Any = None,
+        source: Optional[str] = None,
+        frame_labels: bool = False,
+    ) -> None:
         super().__init__(model, tokenizer=tokenizer, source=source)
         cfg = model.config
         self.image_token_id = int(cfg.image_token_id)
@@ -81,7 +87,9 @@ class InternVLAdapter(VLMAdapter):
 
     def visual_prompt(self, num_frames: int) -> str:
         tok = self._require_tokenizer()
-        frame = f"{tok.start_image_token}{tok.context_image_token * self.tokens_per_frame}{tok.end_image_token}"
+        frame = (
+            f"{tok.start_image_token}{tok.context_image_token * self.tokens_per_frame}{tok.end_image_token}"
+        )
         if self.frame_labels:
             return "\n".join(f"Frame{i + 1}: {frame}" for i in range(num_frames))
         return "\n".join([frame] * int(num_frames))

@@ -59,7 +59,9 @@ def _remote_code_files(path: Path, config: dict[str, Any]) -> list[str]:
     return files
 
 
-def load_phi35_vision(name_or_path: Any, *, trust_remote_code: bool = False, **kwargs: Any) -> "Phi35VisionAdapter":
+def load_phi35_vision(
+    name_or_path: Any, *, trust_remote_code: bool = False, **kwargs: Any
+) -> "Phi35VisionAdapter":
     """Phi-3.5-Vision from a local folder with its remote code (``trust_remote_code`` must be ``True``)."""
     path = resolve_local_model(name_or_path)
     config = json.loads((path / "config.json").read_text())
@@ -101,6 +103,10 @@ class Phi35VisionAdapter(VLMAdapter):
     @property
     def vision_tower(self) -> nn.Module:
         return self._embed.img_processor
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.model.model
 
     def vision_features(self, pixel_values: Tensor) -> Tensor:
         """``[N, 3, 336, 336]`` -> ``[N, 156, 4096]``: merged CLIP tokens with the row separators."""

@@ -153,12 +153,20 @@ def _processor(kind: str, tokenizer: Any, image_size: int, tokens_per_frame: int
         image = GotOcr2ImageProcessor(size=size, crop_to_patches=False)
         video = InternVLVideoProcessor(size=size)
         return InternVLProcessor(image, tokenizer, video, image_seq_length=tokens_per_frame)
-    from transformers import LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor
+    from transformers import (
+        LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+    )
 
     image = LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=[[image_size, image_size]])
     video = LlavaOnevisionVideoProcessor(size=size)
     return LlavaOnevisionProcessor(
-        image, tokenizer, video, num_image_tokens=(image_size // 8) ** 2, vision_feature_select_strategy="full"
+        image,
+        tokenizer,
+        video,
+        num_image_tokens=(image_size // 8) ** 2,
+        vision_feature_select_strategy="full",
     )
 
 
@@ -189,7 +197,9 @@ def build_tiny_vlm(
 
         image_id = tok.convert_tokens_to_ids(specials["image_token"])
         video_id = tok.convert_tokens_to_ids(specials["video_token"])
-    cfg = tiny_vlm_config(kind, vocab_size=len(tok), image_token_id=image_id, video_token_id=video_id, **sizes)
+    cfg = tiny_vlm_config(
+        kind, vocab_size=len(tok), image_token_id=image_id, video_token_id=video_id, **sizes
+    )
     cfg.text_config.pad_token_id = tok.pad_token_id
     cfg.text_config.bos_token_id = tok.bos_token_id
     cfg.text_config.eos_token_id = tok.eos_token_id
@@ -200,7 +210,7 @@ def build_tiny_vlm(
     model.save_pretrained(out)
     image_size = int(sizes.get("image_size", 64))
     patch = int(sizes.get("patch_size", 8))
-    tokens = (image_size // patch) ** 2 // 4 if kind == "internvl" else -(-(image_size // patch) // 2) ** 2
+    tokens = (image_size // patch) ** 2 // 4 if kind == "internvl" else -((-(image_size // patch) // 2) ** 2)
     _processor(kind, tok, image_size, tokens).save_pretrained(out)
     tok.save_pretrained(out)
     return out
