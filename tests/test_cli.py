@@ -25,7 +25,11 @@ class _Parsed(Exception):
 
 
 class _ParseOnly(SpikelightCLI):
-    """The real CLI stopped right after parsing: what the parser made of a command line."""
+    """The real CLI stopped right after parsing: what the parser made of a command line (no run folder
+    is touched: the checkpoint/run-folder step is skipped too)."""
+
+    def _parse_ckpt_path(self) -> None:
+        pass
 
     def before_instantiate_classes(self) -> None:
         raise _Parsed(self.subcommand, self.config[self.subcommand])
