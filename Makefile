@@ -42,11 +42,17 @@ install-dev: $(VENV)/.installed-dev
 demo: install-svl
 	VENV=$(VENV) DEMO_CONFIG=$(DEMO_CONFIG) bash scripts/demo.sh
 
+# the default suite (under 10 minutes on 2 cores); tests marked `slow` run with `make test-slow` / `test-all`
 test: install-dev
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m pytest -q -m "not slow" --durations=15 $(PYTEST_ARGS)
+
+test-slow: install-dev
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m pytest -q -m slow --durations=15 $(PYTEST_ARGS)
+
+test-all: install-dev
 	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
-test-fast: install-dev
-	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+test-fast: test
 
 bench: install-dev
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
