@@ -26,7 +26,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 __all__ = ["DataError", "EvalSet", "batch_size_of", "collate_dict", "SpikelightDataModule"]
 
@@ -209,11 +209,38 @@ class SpikelightDataModule(pl.LightningDataModule):
     def prepare_dataset(self, ds: Dataset) -> None:
         """Hook called on a dataset right before a DataLoader is built for it (e.g. render a cache once)."""
 
+    def eval_sampler(self, ds: Dataset) -> Sampler | None:
+        """The sampler of an evaluation (val / test / predict) loader: under multi-process DDP an unpadded
+        distributed sampler, so each sample is scored exactly once over all ranks (Lightning's
+        ``DistributedSampler`` pads the last batch with repeated samples, which would enter the metric;
+        Lightning leaves a ``DistributedSampler`` that is already there alone). Ranks then get
+        ``ceil`` / ``floor(len(ds) / world_size)`` samples (rank ``r`` takes ``r, r + W, ...``), so their
+        batch counts may differ by one: evaluation steps must not run collectives per batch (metrics sync at
+        the epoch's end). ``None`` (the default sequential order) in one process, or when the trainer's
+        ``use_distributed_sampler`` is off (then the user samples)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+            return None
+        trainer = self.trainer
+        connector = getattr(trainer, "_accelerator_connector", None) if trainer is not None else None
+        if connector is not None and not getattr(connector, "use_distributed_sampler", True):
+            return None
+        kwargs = getattr(trainer, "distributed_sampler_kwargs", None) if trainer is not None else None
+        kwargs = kwargs or {"num_replicas": dist.get_world_size(), "rank": dist.get_rank()}
+        from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+        return UnrepeatedDistributedSampler(ds, num_replicas=kwargs["num_replicas"], rank=kwargs["rank"],
+                                            shuffle=False)
+
     def make_loader(self, ds: Dataset, *, train: bool) -> DataLoader:
-        """The DataLoader of ``ds`` (shuffled, and with ``drop_last`` when ``train``)."""
+        """The DataLoader of ``ds`` (shuffled, and with ``drop_last`` when ``train``; evaluation loaders get
+        :meth:`eval_sampler`)."""
         self.prepare_dataset(ds)
         bs = self.per_device_batch_size or self.resolve_batch_size()
-        return DataLoader(ds, batch_size=bs, shuffle=train, drop_last=train and self.drop_last and len(ds) >= bs,
+        sampler = None if train else self.eval_sampler(ds)
+        return DataLoader(ds, batch_size=bs, shuffle=train, sampler=sampler,
+                          drop_last=train and self.drop_last and len(ds) >= bs,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.persistent_workers, collate_fn=self.collate_fn)
 
