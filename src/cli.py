@@ -60,7 +60,7 @@ LINKED_KEYS = (
 )
 #: modules imported before parsing so that short class names work (``--model SVLPretrain``)
 _SHORT_NAME_MODULES = ("spikelight.tasks.toy", "spikelight.tasks.trevsnn_classify", "spikelight.tasks.svl_pretrain",
-                       "spikelight.datamodules")
+                       "spikelight.tasks.lvc_align", "spikelight.datamodules")
 
 
 # --------------------------------------------------------------------------- config saving

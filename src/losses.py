@@ -323,3 +323,40 @@ def trevsnn_loss(
     for wt, lg in zip(w, logits):
         total = total + wt * F.cross_entropy(lg, target, label_smoothing=label_smoothing)
     return total
+
+
+# ============================================================================ answer-only LM loss (LVC)
+__all__ = [*__all__, "answer_lm_loss", "answer_positions"]
+
+
+def answer_positions(labels: Tensor, ignore_index: int = -100) -> tuple[Tensor, Tensor]:
+    """Where a causal LM's logits are needed for an answer-only loss, and their targets.
+
+    ``labels [B, L]`` holds the answer tokens at their positions and ``ignore_index`` elsewhere (prompt,
+    visual placeholders, padding). The logits at position ``i`` predict token ``i + 1``, so the needed
+    positions are ``keep[b, i] = labels[b, i + 1] != ignore_index`` (bool ``[B, L]``, usable as
+    ``transformers``' ``logits_to_keep``, which then returns only ``[N, V]`` logits) and the targets are
+    those labels in row-major order (``[N]``)."""
+    nxt = labels[:, 1:]
+    valid = nxt != ignore_index
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = valid
+    return keep, nxt[valid]
+
+
+def answer_lm_loss(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
+    """Mean next-token cross-entropy over the answer tokens only (float32 logits).
+
+    ``logits``: ``[B, L, V]`` for every position (shifted here, as ``transformers`` does with
+    ``labels=``), or ``[N, V]`` already restricted to :func:`answer_positions` ``keep``. Equals the
+    ``transformers`` causal-LM loss with the same ``labels`` (``-100`` = ignored)."""
+    if logits.dim() == 3:
+        keep, targets = answer_positions(labels, ignore_index)
+        logits = logits[keep]
+    else:
+        targets = answer_positions(labels, ignore_index)[1]
+    if logits.shape[0] != targets.shape[0]:
+        raise ValueError(f"answer_lm_loss: {logits.shape[0]} logit rows for {targets.shape[0]} answer tokens")
+    if targets.numel() == 0:
+        raise ValueError("answer_lm_loss: no answer token in the batch (every label is ignore_index)")
+    return F.cross_entropy(logits.float(), targets)
