@@ -221,7 +221,12 @@ class SpikelightCLI(LightningCLI):
             "description": "spikelight: launch, resume, measure and export experiments.",
         })
         self.run_folder: Optional[RunFolder] = None
-        super().__init__(*args, **kwargs)
+        try:
+            super().__init__(*args, **kwargs)
+        except BaseException:  # a launch that fails before or while running frees its run folder
+            if self.run_folder is not None:
+                self.run_folder.release()
+            raise
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -277,6 +282,9 @@ class SpikelightCLI(LightningCLI):
                 run.check_fresh_fit(overwrite=bool(cfg.get("overwrite")))
         elif sub in CHECKPOINT_COMMANDS and ckpt == "last":
             cfg["ckpt_path"] = str(run.require_last(sub))
+        elif sub == "export" and not ckpt:
+            raise RunFolderError("export needs trained weights: give --ckpt_path last (this run's newest "
+                                 "checkpoint) or a checkpoint file")
         if cfg.get("ckpt_path") and not Path(cfg["ckpt_path"]).is_file():
             raise CheckpointError(f"checkpoint file not found: {cfg['ckpt_path']}")
 
@@ -341,6 +349,13 @@ class SpikelightCLI(LightningCLI):
             if dropped and sub not in SPIKELIGHT_SUBCOMMANDS:
                 rank_zero_info("spikelight: no logger: LearningRateMonitor left out")
             callbacks = [c for c in callbacks if c not in dropped]
+        names = " ".join(str(c.get("class_path", "")) for c in callbacks)
+        if (sub in ("fit", "validate", "test", "predict") and cfg.get("trainer.enable_progress_bar") is not False
+                and not sys.stdout.isatty() and "ProgressBar" not in names):
+            # SLURM .out files / pipes: plain lines instead of a redrawn bar
+            callbacks.append(Namespace(class_path="spikelight.callbacks.PlainProgressBar", init_args=Namespace()))
+        if sub == "predict" and "PredictionWriter" not in names:  # predictions land in <run>/predictions/
+            callbacks.append(Namespace(class_path="spikelight.callbacks.PredictionWriter", init_args=Namespace()))
         cfg["trainer.callbacks"] = callbacks
         for entry in _entries(logger):
             self._wire_logger(entry, name, sub)
@@ -398,6 +413,13 @@ class SpikelightCLI(LightningCLI):
             for obj in (getattr(self, "model", None), getattr(self, "datamodule", None)):
                 if obj is not None:
                     obj._log_hyperparams = False
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        finally:  # the folder is free again for the next command of this process (the kernel frees it at exit)
+            if self.run_folder is not None:
+                self.run_folder.release()
 
     def before_fit(self) -> None:
         rank_zero_info(f"spikelight: run directory {self.run_folder.path if self.run_folder else '?'}")
