@@ -512,12 +512,16 @@ class LVCAlign(SpikelightTask):
 
     def _set_names(self) -> list[str]:
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        names: list[str] = []
         if dm is not None and callable(getattr(dm, "eval_sets", None)):
             try:
-                return [s.name for s in dm.eval_sets()]
+                names = [s.name for s in dm.eval_sets()]
             except Exception:  # noqa: BLE001 - names are cosmetic; fall back to indices
                 pass
-        return []
+        sets = getattr(dm, "annotations", None)
+        if len(names) <= 1 and isinstance(sets, dict) and len(sets) == 1:  # one MCQ set: its own name
+            names = list(sets)
+        return names
 
     def _eval_epoch_end(self, stage: str) -> None:
         per_set = self._records.pop(stage, {})
