@@ -43,7 +43,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, SHARED_DATA, get_device, machine_info, set_threads, write_json  # noqa: E402
 
-from spikelight.models.encoders_3d import build_encoder  # noqa: E402
+from spikelight.models import create_model  # noqa: E402
 from spikelight.nn.neurons import SpikingNeuron  # noqa: E402
 from spikelight.profiling.energy import E_AC_PJ, E_MAC_PJ, measure_energy  # noqa: E402
 
@@ -218,11 +218,11 @@ def measure_ann(twin: nn.Module, x: torch.Tensor, nonzero: dict | None = None) -
 def bench_variant(
     name: str, x: torch.Tensor, calib: torch.Tensor, device: torch.device, encoder: nn.Module | None = None
 ) -> dict[str, Any]:
-    """Energy of one encoder (``build_encoder(name)``, or ``encoder`` if given) as built, its ReLU twin,
+    """Energy of one encoder (``create_model(name)``, or ``encoder`` if given) as built, its ReLU twin,
     and the encoder again after BatchNorm calibration on ``calib``."""
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    enc = (encoder if encoder is not None else build_encoder(name)).to(device).eval()
+    enc = (encoder if encoder is not None else create_model(name)).to(device).eval()
     params = sum(p.numel() for p in enc.parameters())
     out: dict[str, Any] = {
         "variant": name,

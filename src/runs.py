@@ -28,7 +28,6 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
-
 __all__ = ["PARTIAL_SUFFIX", "RunFolder", "is_rank_zero", "RunFolderBusy", "RunFolderError", "checkpoint_step", "remove_partials"]
 
 #: suffix of the temporary files of :func:`spikelight.checkpoint_io.atomic_torch_save`

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from spikelight.cli import main
 from spikelight.checkpoint_io import load_checkpoint
+from spikelight.cli import main
 
 TOY = "experiments/toy.yaml"
 TINY = ["--data.init_args.train_size", "64", "--data.init_args.val_size", "32", "--trainer.max_epochs", "1",

@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from spikelight.models import create_model, list_models, model_family
-from spikelight.models.encoders_3d import ENCODER_FAMILIES, build_encoder, list_encoders
 from spikelight.models.pointops import farthest_point_sample, index_points, knn, knn_group
 from spikelight.nn.neurons import ILIF
 from spikelight.nn.sparse_conv import SparseConv3d, SparseTensor, SubMConv3d
@@ -44,15 +43,9 @@ def n_params(m: nn.Module) -> int:
 
 def test_registry_lists_every_variant_and_rejects_unknown_names():
     assert set(TINY + FULL) == set(list_models("spike_pointnet*") + list_models("e3dsnn*") + list_models("pointformer*"))
-    assert {model_family(n) for n in TINY + FULL} == set(ENCODER_FAMILIES)
+    assert {model_family(n) for n in TINY + FULL} == {"pointnet_snn", "e3dsnn", "pointformer_snn"}
     with pytest.raises(ValueError, match="e3dsnn_s"):
         create_model("e3dsnn_xxl")
-
-
-def test_backwards_compatible_encoders_3d_names():
-    """The old ``encoders_3d`` names are the registry's: same builder, exactly the 3D encoder variants."""
-    assert build_encoder is create_model
-    assert list_encoders() == sorted(TINY + FULL)
 
 
 def test_full_size_parameter_counts(capsys):

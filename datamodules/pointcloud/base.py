@@ -331,11 +331,6 @@ class PointCloudDataModule(SpikelightDataModule):
         return super().train_dataloader()
 
     @property
-    def val_sets(self) -> list[dict[str, Any]]:
-        """Deprecated untyped view of :meth:`eval_sets` (kept until the SVL task reads ``eval_sets()``)."""
-        return [{"name": s.name, "class_names": list(s.class_names)} for s in self.eval_sets()]
-
-    @property
     def class_names(self) -> list[str]:
         sets = self.eval_sets()
         return list(sets[0].class_names) if sets else []
