@@ -349,11 +349,18 @@ class SyntheticVideoDataModule(VideoMCQDataModule):
             ``fps: 8`` (the videos' rate) samples every frame, ``fps: 2`` every 4th.
         image_size: frames are resized to it (the tiny VLM's 64 px by default); ``processor``: a VLM folder
             whose processor to use instead.
+        base_vlm: a folder for the base model of the synthetic default: ``prepare_data`` trains a tiny InternVL
+            whole on the training clips and saves it there unless the folder already holds one trained with
+            the same settings (:func:`spikelight.tasks.vlm_pretrain.ensure_base_vlm`); point the task's
+            ``vlm`` at the same folder. ``None``: nothing is trained here.
+        base_vlm_steps / base_vlm_options: its training steps (``0``: the random tiny model, for smoke tests)
+            and other settings (``batch_size``, ``lr``, ``seed``, sizes such as ``patch_size``, ``text_hidden``).
     """
 
     def __init__(self, *, cache_dir: str | None = None, generator: dict[str, Any] | None = None,
                  eval_sets: list[str] | tuple[str, ...] = ("long", "short"), num_frames: int | None = None,
-                 fps: float | None = 8.0, image_size: int = 64, **kwargs: Any) -> None:
+                 fps: float | None = 8.0, image_size: int = 64, base_vlm: str | None = None,
+                 base_vlm_steps: int = 400, base_vlm_options: dict[str, Any] | None = None, **kwargs: Any) -> None:
         sets = [str(s) for s in eval_sets]
         bad = [s for s in sets if s not in ("long", "short")]
         if bad or not sets:
@@ -363,6 +370,8 @@ class SyntheticVideoDataModule(VideoMCQDataModule):
         self.cache_dir, self.generator_params = cache_dir, dict(generator or {})
         _params(**self.generator_params)  # bad parameters fail at instantiation
         self._generated: LVCSyntheticData | None = None
+        self.base_vlm, self.base_vlm_steps = base_vlm, int(base_vlm_steps)
+        self.base_vlm_options = dict(base_vlm_options or {})
 
     @property
     def data(self) -> LVCSyntheticData:
@@ -376,7 +385,13 @@ class SyntheticVideoDataModule(VideoMCQDataModule):
         return self._generated
 
     def prepare_data(self) -> None:
-        self.data  # noqa: B018 - generate once, in the main process
+        """Generate the videos (once) and, with ``base_vlm``, train / reuse the base model."""
+        data = self.data
+        if self.base_vlm is not None:
+            from spikelight.tasks.vlm_pretrain import ensure_base_vlm
+
+            ensure_base_vlm(self.base_vlm, data.train, steps=self.base_vlm_steps, words=SYNTHETIC_WORDS,
+                            image_size=self.image_size, **self.base_vlm_options)
 
     def split_items(self, split: str):
         self.data  # noqa: B018
