@@ -90,6 +90,17 @@ def bad_record(source: Path, where: str, problem: str, policy: str, skipped: lis
     skipped.append(f"{where}: {problem}")
 
 
+def read_json_list(path: Path) -> list:
+    """A JSON file holding a list of records; errors name the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"not JSON ({e.msg})") from None
+    if not isinstance(data, list):
+        raise DataError(path, f"expected a JSON list of records, got {type(data).__name__}")
+    return data
+
+
 def warn_skipped(source: Path, skipped: list[str], what: str = "bad records") -> None:
     if skipped:
         warnings.warn(f"{source}: skipped {len(skipped)} {what}; first: {'; '.join(skipped[:3])}", stacklevel=3)

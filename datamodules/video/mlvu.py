@@ -13,12 +13,10 @@ then ``<video_root>/<video>``; ``video_root`` defaults to the annotation file's 
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
-from spikelight.datamodules.base import DataError
-from spikelight.datamodules.video.mcq import MCQItem, bad_record, warn_skipped
+from spikelight.datamodules.video.mcq import MCQItem, bad_record, read_json_list, warn_skipped
 
 __all__ = ["read_mlvu", "mlvu_video_path"]
 
@@ -39,12 +37,7 @@ def read_mlvu(path: str | Path, *, video_root: str | Path | None = None, on_bad_
         return [it for f in files for it in read_mlvu(f, video_root=video_root, on_bad_record=on_bad_record)]
     if not path.is_file():
         raise FileNotFoundError(f"{path}: MLVU annotation file not found")
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(path, f"not JSON ({e.msg})") from None
-    if not isinstance(records, list):
-        raise DataError(path, f"expected a JSON list of records, got {type(records).__name__}")
+    records = read_json_list(path)
     items, skipped, open_ended = [], [], 0
     for i, r in enumerate(records):
         where = f"record {i} ({r.get('video', '?') if isinstance(r, dict) else '?'})"

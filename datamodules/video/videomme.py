@@ -12,13 +12,11 @@ next to the video; the dataset keeps the cues within the sampled time range (``s
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
-from spikelight.datamodules.base import DataError
-from spikelight.datamodules.video.mcq import LETTERS, MCQItem, bad_record, warn_skipped
+from spikelight.datamodules.video.mcq import LETTERS, MCQItem, bad_record, read_json_list, warn_skipped
 from spikelight.datamodules.video.pairs import read_jsonl
 from spikelight.datamodules.video.subtitles import find_subtitles
 
@@ -49,13 +47,7 @@ def _records(path: Path) -> list[tuple[str, dict[str, Any]]]:
         return [(f"row {i}", r) for i, r in enumerate(pq.read_table(path).to_pylist())]
     if path.suffix == ".jsonl":
         return [(f"line {n}", r) for n, r in read_jsonl(path)]
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(path, f"not JSON ({e.msg})") from None
-    if not isinstance(data, list):
-        raise DataError(path, f"expected a JSON list of records, got {type(data).__name__}")
-    return [(f"record {i}", r) for i, r in enumerate(data)]
+    return [(f"record {i}", r) for i, r in enumerate(read_json_list(path))]
 
 
 def _video_path(stem: str, root: Path) -> str:

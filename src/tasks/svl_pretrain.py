@@ -83,7 +83,7 @@ class SVLPretrain(SpikelightTask):
             last epoch; other validation epochs only run the encoder on the first set (for energy callbacks).
         prompt_templates: zero-shot prompt templates (one ``{}``); default: each evaluation set's, else
             :data:`~spikelight.models.zero_shot.DEFAULT_PROMPT_TEMPLATES`.
-        optimizer, warmup_epochs, warmup_start_lr, min_lr, scheduler: see
+        optimizer, kwargs (warmup_epochs, warmup_start_lr, min_lr, scheduler): see
             :class:`~spikelight.tasks.base.SpikelightTask`. Biases, norm parameters and the logit scale
             get no weight decay.
     """
@@ -110,13 +110,9 @@ class SVLPretrain(SpikelightTask):
         zero_shot_every_n_epochs: int = 1,
         prompt_templates: Optional[list[str]] = None,
         optimizer: OptimizerCallable = default_svl_adamw,
-        warmup_epochs: float = 0.0,
-        warmup_start_lr: float = 0.0,
-        min_lr: float = 0.0,
-        scheduler: str = "cosine",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(optimizer=optimizer, warmup_epochs=warmup_epochs, warmup_start_lr=warmup_start_lr,
-                         min_lr=min_lr, scheduler=scheduler)  # fmt: skip
+        super().__init__(optimizer=optimizer, **kwargs)
         if zero_shot_every_n_epochs < 1:
             raise ValueError(f"zero_shot_every_n_epochs must be >= 1, got {zero_shot_every_n_epochs}")
         self.save_hyperparameters(ignore=["optimizer"])

@@ -88,7 +88,7 @@ class TRevSNNClassify(SpikelightTask):
         ema_validate: validate / test the EMA model alongside the raw one.
         input_key: batch key of the model input; default ``"events"`` when the network is built with
             ``dvs=True``, else ``"image"``.
-        optimizer, warmup_epochs, warmup_start_lr, min_lr, scheduler: see
+        optimizer, kwargs (warmup_epochs, warmup_start_lr, min_lr, scheduler): see
             :class:`~spikelight.tasks.base.SpikelightTask`.
     """
 
@@ -107,17 +107,11 @@ class TRevSNNClassify(SpikelightTask):
         ema_validate: bool = True,
         input_key: Optional[str] = None,
         optimizer: OptimizerCallable = default_lamb,
-        warmup_epochs: float = 0.0,
-        warmup_start_lr: float = 0.0,
-        min_lr: float = 0.0,
-        scheduler: str = "cosine",
+        **kwargs: Any,
     ) -> None:
         super().__init__(
             optimizer=optimizer,
-            warmup_epochs=warmup_epochs,
-            warmup_start_lr=warmup_start_lr,
-            min_lr=min_lr,
-            scheduler=scheduler,
+            **kwargs,
         )
         if ema_decay is not None and not 0.0 <= float(ema_decay) < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay}")

@@ -62,12 +62,13 @@ class VLMAdapter(nn.Module):
     # ------------------------------------------------------------------ parts
     @property
     def alignment_layer(self) -> nn.Module:
-        """The module LVC trains (the projector between vision tower and LLM)."""
-        raise NotImplementedError
+        """The module LVC trains (the projector between vision tower and LLM); transformers' VLMs name it
+        ``model.multi_modal_projector``."""
+        return self.model.model.multi_modal_projector
 
     @property
     def vision_tower(self) -> nn.Module:
-        raise NotImplementedError
+        return self.model.model.vision_tower
 
     @property
     def language_model(self) -> nn.Module:

@@ -51,14 +51,6 @@ class InternVLAdapter(VLMAdapter):
         self.tokens_per_frame = int(round(grid * cfg.downsample_ratio**2))
         self.frame_labels = bool(frame_labels)
 
-    @property
-    def alignment_layer(self) -> nn.Module:
-        return self.model.model.multi_modal_projector
-
-    @property
-    def vision_tower(self) -> nn.Module:
-        return self.model.model.vision_tower
-
     def vision_features(self, pixel_values: Tensor) -> Tensor:
         """``[N, 3, H, W]`` -> ``[N, t, 4C]`` (InternViT tokens after the pixel shuffle, before the projector)."""
         inner = self.model.model

@@ -39,14 +39,6 @@ class LlavaOnevisionAdapter(VLMAdapter):
         self.image_size = (int(cfg.vision_config.image_size),) * 2
         self.tokens_per_frame = math.ceil(side / 2) ** 2
 
-    @property
-    def alignment_layer(self) -> nn.Module:
-        return self.model.model.multi_modal_projector
-
-    @property
-    def vision_tower(self) -> nn.Module:
-        return self.model.model.vision_tower
-
     def vision_features(self, pixel_values: Tensor) -> Tensor:
         """``[N, 3, H, W]`` -> ``[N, patches, C * layers]`` SigLIP tokens (before the projector)."""
         cfg = self.model.config
