@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_CONFIG ?= experiments/svl/synthetic.yaml
 PYTEST_ARGS ?=
 
-.PHONY: venv install install-svl install-dev demo test test-fast bench lint clean
+.PHONY: venv install install-svl install-dev demo test test-fast test-slow test-all bench lint clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
