@@ -159,7 +159,7 @@ def direct_scores(task, batch, mean=False):
     out = []
     for i, opts in enumerate(batch["options"]):
         row = []
-        for k, o in enumerate(opts):
+        for o in opts:
             target = task._target_ids(o)
             ids = torch.tensor([prompts[i] + target])
             one = {key: (v[i : i + 1] if isinstance(v, torch.Tensor) else v[i : i + 1]) for key, v in batch.items()}
@@ -182,6 +182,30 @@ def test_option_likelihood_equals_direct_computation(folder, window, mode):
     want = direct_scores(task, batch, mean=(mode == "mean"))
     assert [len(r) for r in got] == [3, 4]
     np.testing.assert_allclose(np.concatenate(got), np.concatenate(want), atol=1e-4)
+
+
+def test_option_likelihood_llava_onevision(tmp_path):
+    folder = build_tiny_vlm("llava_onevision", tmp_path / "tiny-llava", words=WORDS, seed=0)
+    task = make_task(folder, window=2)
+    batch = mcq_batch()
+    np.testing.assert_allclose(np.concatenate(task.option_scores(batch)),
+                               np.concatenate(direct_scores(task, batch)), atol=1e-4)
+
+
+def test_gradient_checkpointing_and_bf16(folder):
+    plain, ckpt = make_task(folder, window=2), make_task(folder, window=2, gradient_checkpointing=True)
+    batch = pair_batch()
+    for t in (plain, ckpt):
+        t.vlm.train(True)
+        t.loss(batch).backward()
+    assert ckpt.vlm.gradient_checkpointing
+    for a, b in zip(plain.projector.parameters(), ckpt.projector.parameters()):
+        assert a.grad is not None and torch.allclose(a.grad, b.grad, atol=1e-6)
+    bf16 = make_task(folder, window=2, dtype="bfloat16")
+    assert next(bf16.vlm.language_model.parameters()).dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in bf16.projector.parameters())  # float32 master weights
+    with torch.no_grad():
+        assert abs(bf16.loss(batch).item() - plain.loss(batch).item()) < 0.05
 
 
 def boost(task, word, amount=50.0):
@@ -253,7 +277,8 @@ def test_validate_logs_accuracy_and_predictions_roundtrip(folder, videos, tmp_pa
 
 # ---------------------------------------------------------------------------------------- checkpoints, cache
 def test_checkpoint_holds_projector_only_and_resumes_to_same_loss(folder, videos, tmp_path):
-    task = make_task(folder, window=2, optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
+    sgd = dict(optimizer=lambda p: torch.optim.SGD(p, lr=0.5), scheduler="constant")
+    task = make_task(folder, window=2, **sgd)
     t = trainer(tmp_path)
     t.fit(task, datamodule=pairs_dm(videos))
     path = tmp_path / "lvc.ckpt"
@@ -268,6 +293,11 @@ def test_checkpoint_holds_projector_only_and_resumes_to_same_loss(folder, videos
         restored = LVCAlign.load_from_checkpoint(path).loss(batch)
         fresh = make_task(folder, window=2).loss(batch)
     assert torch.equal(trained, restored) and not torch.allclose(trained, fresh)
+    # a Lightning resume (ckpt_path) restores the projector and the optimizer into a fresh task
+    again = LVCAlign(vlm=str(folder), window=2, **sgd)
+    t2 = trainer(tmp_path, max_steps=3, max_epochs=2)
+    t2.fit(again, datamodule=pairs_dm(videos), ckpt_path=path)
+    assert t2.global_step == 3 and not torch.equal(again.projector.linear_1.weight, task.projector.linear_1.weight)
 
 
 def test_feature_cache_skips_vision_tower_after_first_epoch(folder, videos, tmp_path):

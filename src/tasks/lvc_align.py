@@ -204,7 +204,7 @@ class LVCAlign(SpikelightTask):
             if self.hparams.gradient_checkpointing:
                 vlm.enable_gradient_checkpointing()
             proj = vlm.alignment_layer.float()  # float32 master weights (bf16 frozen VLM: autocast / casts)
-            proj.to(self.device)
+            proj.to(self.device).train(self.training)  # frozen() left it in eval mode
             self.projector = proj  # a registered submodule: the only weights in state_dict / checkpoints
         return vlm
 
@@ -400,7 +400,7 @@ class LVCAlign(SpikelightTask):
         """Mean cross-entropy over the answer tokens (logits are computed at those positions only)."""
         inputs = self.training_inputs(batch)
         keep, _ = answer_positions(inputs["labels"])
-        out = self._run(batch, inputs, logits_to_keep=keep)
+        out = self._run(batch, inputs, logits_to_keep=keep, use_cache=False)
         return answer_lm_loss(out.logits, inputs["labels"])
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
