@@ -222,3 +222,30 @@ def test_torch_loads_checkpoints_weights_only(repo, tmp_path):
     run(["fit", "--name", "wo"], tmp_path)
     ckpt = torch.load(tmp_path / "wo" / "checkpoints" / "last.ckpt", weights_only=True)
     assert "frozen_modules" in ckpt or "state_dict" in ckpt
+
+
+def test_predict_writes_under_the_run_folder(repo, tmp_path):
+    run(["fit", "--name", "p"], tmp_path)
+    run(["predict", "--name", "p", "--ckpt_path", "last"], tmp_path)
+    preds = torch.load(tmp_path / "p" / "predictions" / "predictions.pt", weights_only=True)
+    assert len(preds["predictions"]) == 32  # one row per validation sample of the toy
+
+
+def test_a_launch_that_fails_before_its_first_step_opens_no_wandb_run(repo, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    fails(["fit", "--name", "f", "--data.init_args.batch_size", "0"], tmp_path, capsys, logger=True)
+    assert not list((tmp_path / "f").glob("wandb/offline-run-*"))
+
+
+def test_wandb_summary_keeps_the_best_validation_values(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    from spikelight.loggers import OfflineWandbLogger
+
+    logger = OfflineWandbLogger(save_dir=str(tmp_path), name="b", id="bestrun", group="b", job_type="fit")
+    for step, (top1, loss) in enumerate([(0.5, 2.0), (0.8, 1.5), (0.6, 1.7)]):
+        logger.log_metrics({"val/top1": top1, "val/loss": loss, "train/loss": 9.0}, step=step)
+    summary = logger.experiment.summary
+    assert summary["best/val/top1"] == 0.8 and summary["best/val/loss"] == 1.5
+    assert "best/train/loss" not in summary.keys()
+    assert logger.experiment.group == "b" and logger.experiment.job_type == "fit" and logger.experiment.id == "bestrun"
+    logger.experiment.finish()
