@@ -20,7 +20,7 @@ the measured device-to-device copy bandwidth, and our fraction of that bound.
 
 Usage::
 
-    python benchmarks/neurons.py --device cpu [--quick] [--out benchmarks/results/neurons.json]
+    python benchmarks/neurons.py --device cpu [--quick] [--threads 1] [--out benchmarks/results/neurons.json]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, write_json  # noqa: E402
+from _common import machine_info, set_threads, write_json  # noqa: E402
 from _common import sync as _sync  # noqa: E402
 
 from spikelight.nn.neurons import ILIF, LIF  # noqa: E402
@@ -203,12 +203,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--T", type=int, nargs="+", default=[1, 4, 8])
     ap.add_argument("--neurons", nargs="+", default=["lif", "ilif"], choices=["lif", "ilif"])
     ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's; 1 is steadier on a shared CPU)"
+    )
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "neurons.json"))
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda requested but CUDA is not available")
+    threads = set_threads(args.threads)
     if device.type == "cpu":
         shape = (8, 64, 32, 32) if args.quick else (16, 64, 32, 32)
     else:
@@ -246,6 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": machine_details(device),
         "settings": {
             "device": args.device, "quick": args.quick, "step_shape": list(shape), "T": args.T,
+            "torch_threads": threads,
             "repeats": repeats, "warmup": warmup, "statistic": (
                 "median wall time; ratio_ours_over_sj = median over interleaved (ours, sj) pairs of "
                 "t_sj / t_ours (>1: ours faster); ratio_cpu_time the same with process CPU time"
