@@ -293,6 +293,8 @@ def test_checkpoint_holds_projector_only_and_resumes_to_same_loss(folder, videos
         restored = LVCAlign.load_from_checkpoint(path).loss(batch)
         fresh = make_task(folder, window=2).loss(batch)
     assert torch.equal(trained, restored) and not torch.allclose(trained, fresh)
+    with torch.no_grad():  # evaluation configs start from the tuned projector with projector_weights
+        assert torch.equal(make_task(folder, window=2, projector_weights=str(path)).loss(batch), trained)
     # a Lightning resume (ckpt_path) restores the projector and the optimizer into a fresh task
     again = LVCAlign(vlm=str(folder), window=2, **sgd)
     t2 = trainer(tmp_path, max_steps=3, max_epochs=2)

@@ -1,9 +1,7 @@
 """LVC alignment tuning and long-video MCQ evaluation of a frozen Hugging Face VLM (REFERENCE section 3).
 
-Wiring only; the pieces are modules: the VLM adapter (:func:`spikelight.models.vlm.load_vlm`), the
-parameter-free :class:`~spikelight.models.lvc.QueryAttentionCompression`, the answer-only loss
-(:func:`spikelight.losses.answer_lm_loss`) and the feature cache
-(:class:`~spikelight.datamodules.video.VisionFeatureCache`).
+Wiring only: VLM adapter (``models.vlm.load_vlm``), ``models.lvc.QueryAttentionCompression``,
+``losses.answer_lm_loss``, ``datamodules.video.VisionFeatureCache``.
 
 * The VLM (vision tower + alignment layer + LLM, loaded from the local folder ``vlm``) is a frozen,
   rebuildable part (:meth:`~spikelight.tasks.base.SpikelightTask.declare_frozen`): it is never in a
@@ -36,9 +34,8 @@ parameter-free :class:`~spikelight.models.lvc.QueryAttentionCompression`, the an
   the right option's target.
 * Scale: ``dtype: bfloat16`` loads the frozen VLM in bf16 (the projector stays float32; the trainer's
   ``precision: bf16-mixed`` autocasts), ``gradient_checkpointing`` recomputes the LLM layers in backward.
-  Under Lightning's ``FSDPStrategy`` (``experiments/lvc/fsdp.yaml``, GPU only) the VLM is put in the module
-  tree in ``configure_model`` so the auto-wrap policy shards its decoder layers; checkpoints still keep
-  ``projector.*`` only.
+  Under ``FSDPStrategy`` (``experiments/lvc/fsdp.yaml``, GPU only) the VLM joins the module tree in
+  ``configure_model`` so the auto-wrap policy shards its decoder layers; checkpoints keep ``projector.*``.
 """
 
 from __future__ import annotations
@@ -98,8 +95,20 @@ def accuracy_summary(records: list[dict[str, Any]]) -> dict[str, float]:
         for k in keys:
             groups[k][0] += int(bool(r["correct"]))
             groups[k][1] += 1
-    out = {k: c / n for k, (c, n) in groups.items()}
-    out["count"] = float(len(records))
+    return {**{k: c / n for k, (c, n) in groups.items()}, "count": float(len(records))}
+
+
+def _projector_state(path: str) -> dict[str, Tensor]:
+    """The projector's state dict from an LVCAlign checkpoint or a safetensors file."""
+    p = Path(path).expanduser()
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(p))
+    state = torch.load(p, map_location="cpu", weights_only=True).get("state_dict") or {}  # missing: an OSError
+    out = {k[len("projector.") :]: v for k, v in state.items() if k.startswith("projector.")}
+    if not out:
+        raise ValueError(f"projector_weights: {p} holds no projector.* weights (not an LVCAlign checkpoint)")
     return out
 
 
@@ -123,6 +132,10 @@ class LVCAlign(SpikelightTask):
         score_target: what is scored / trained for an option: ``"text"``, ``"letter"`` or ``"letter_text"``.
         max_new_tokens: generation length in ``generate`` mode.
         vision_batch: frames per vision-tower call (bounds memory on dense videos).
+        projector_weights: start from these projector weights: an LVCAlign checkpoint (e.g. the alignment
+            run's ``last.ckpt``; its ``projector.*``) or a safetensors file of the projector's state dict.
+            Evaluation configs use it to score a tuned projector (``--ckpt_path`` would demand the training
+            run's exact arguments); ``None`` = the base model's own projector.
         optimizer, warmup_epochs, warmup_start_lr, min_lr, scheduler: :class:`~spikelight.tasks.base.SpikelightTask`.
     """
 
@@ -150,6 +163,7 @@ class LVCAlign(SpikelightTask):
         score_target: str = "text",
         max_new_tokens: int = 8,
         vision_batch: int = 64,
+        projector_weights: Optional[str] = None,
         optimizer: OptimizerCallable = default_lvc_adamw,
         warmup_epochs: float = 0.0,
         warmup_start_lr: float = 0.0,
@@ -205,6 +219,8 @@ class LVCAlign(SpikelightTask):
                 vlm.enable_gradient_checkpointing()
             proj = vlm.alignment_layer.float()  # float32 master weights (bf16 frozen VLM: autocast / casts)
             proj.to(self.device).train(self.training)  # frozen() left it in eval mode
+            if self.hparams.projector_weights:
+                proj.load_state_dict(_projector_state(self.hparams.projector_weights))
             self.projector = proj  # a registered submodule: the only weights in state_dict / checkpoints
         return vlm
 
@@ -428,11 +444,8 @@ class LVCAlign(SpikelightTask):
         """Per question, the ``option_score`` (sum / mean) log-probability of each option's target tokens
         given the prompt: one prefill, then every option continues from the prompt's KV cache."""
         cache, first, mask, lengths = self._prefill(batch)
-        rows, targets = [], []
-        for i, opts in enumerate(batch["options"]):
-            for k, o in enumerate(opts):
-                rows.append(i)
-                targets.append(self._target_ids(self._option_target(k, o)))
+        rows = [i for i, opts in enumerate(batch["options"]) for _ in opts]
+        targets = [self._target_ids(self._option_target(k, o)) for opts in batch["options"] for k, o in enumerate(opts)]
         rows_t = torch.as_tensor(rows, device=self.device)
         cache.batch_select_indices(rows_t)
         opt_ids, opt_mask = self._pad(targets)
@@ -445,12 +458,7 @@ class LVCAlign(SpikelightTask):
         score = logp.sum(dim=1)
         if self.hparams.option_score == "mean":
             score = score / opt_mask.sum(dim=1).clamp_min(1)
-        flat = score.tolist()
-        out_scores, pos = [], 0
-        for opts in batch["options"]:
-            out_scores.append(flat[pos : pos + len(opts)])
-            pos += len(opts)
-        return out_scores
+        return [s.tolist() for s in torch.split(score, [len(o) for o in batch["options"]])]
 
     @torch.no_grad()
     def generate(self, batch: dict[str, Any], max_new_tokens: Optional[int] = None) -> list[str]:
