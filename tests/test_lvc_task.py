@@ -111,8 +111,12 @@ def test_only_alignment_layer_trains_and_changes(folder, videos, tmp_path):
     proj_ids = {id(p) for p in task.projector.parameters()}
     before = {n: p.detach().clone() for n, p in vlm.named_parameters()}
     frozen_bufs = {n: b.detach().clone() for n, b in vlm.named_buffers()}
-    trainer(tmp_path).fit(task, datamodule=pairs_dm(videos))
+    from lightning.pytorch.loggers import CSVLogger
+
+    trainer(tmp_path, logger=CSVLogger(tmp_path, name="csv")).fit(task, datamodule=pairs_dm(videos))
     assert task.trainable_params == sum(p.numel() for p in vlm.alignment_layer.parameters())
+    logged = (next(tmp_path.rglob("metrics.csv"))).read_text()
+    assert "model/trainable_params" in logged and str(task.trainable_params) in logged
     changed = [n for n, p in vlm.named_parameters() if not torch.equal(p, before[n])]
     assert changed and all(id(dict(vlm.named_parameters())[n]) in proj_ids for n in changed)
     assert all(torch.equal(p, before[n]) for n, p in vlm.named_parameters() if id(p) not in proj_ids)
