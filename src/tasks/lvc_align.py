@@ -136,7 +136,7 @@ class LVCAlign(SpikelightTask):
             run's ``last.ckpt``; its ``projector.*``) or a safetensors file of the projector's state dict.
             Evaluation configs use it to score a tuned projector (``--ckpt_path`` would demand the training
             run's exact arguments); ``None`` = the base model's own projector.
-        optimizer, warmup_epochs, warmup_start_lr, min_lr, scheduler: :class:`~spikelight.tasks.base.SpikelightTask`.
+        optimizer, kwargs (warmup_epochs, warmup_start_lr, min_lr, scheduler): :class:`~spikelight.tasks.base.SpikelightTask`.
     """
 
     def __init__(
@@ -165,13 +165,9 @@ class LVCAlign(SpikelightTask):
         vision_batch: int = 64,
         projector_weights: Optional[str] = None,
         optimizer: OptimizerCallable = default_lvc_adamw,
-        warmup_epochs: float = 0.0,
-        warmup_start_lr: float = 0.0,
-        min_lr: float = 0.0,
-        scheduler: str = "cosine",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(optimizer=optimizer, warmup_epochs=warmup_epochs, warmup_start_lr=warmup_start_lr,
-                         min_lr=min_lr, scheduler=scheduler)  # fmt: skip
+        super().__init__(optimizer=optimizer, **kwargs)
         for name, value, allowed in (("mcq_mode", mcq_mode, ("likelihood", "generate")),
                                      ("option_score", option_score, ("sum", "mean")),
                                      ("score_target", score_target, ("text", "letter", "letter_text"))):  # fmt: skip
