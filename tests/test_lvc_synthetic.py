@@ -189,3 +189,38 @@ def test_datamodule_rejects_bad_options(tmp_path):
         SyntheticVideoDataModule(cache_dir=str(tmp_path), generator={"bogus": 1})
     with pytest.raises(ValueError, match="eval_sets"):
         SyntheticVideoDataModule(cache_dir=str(tmp_path), eval_sets=["medium"])
+
+
+# -- the base model: trained whole, cached, prompts as LVCAlign builds them ---------------------------------
+def test_base_vlm_trained_whole_cached_and_prompts_match_lvcalign(data, tmp_path):
+    import torch
+
+    from spikelight.models.vlm import build_tiny_vlm, load_vlm
+    from spikelight.tasks.lvc_align import LVCAlign
+    from spikelight.tasks.vlm_pretrain import PROMPT_WORDS, ensure_base_vlm, pair_inputs
+
+    opts = dict(steps=2, batch_size=2, words=SYNTHETIC_WORDS, patch_size=16, log=None)
+    folder = ensure_base_vlm(tmp_path / "base", data.train, **opts)
+    vlm = load_vlm(folder)
+    assert vlm.tokens_per_frame == 4
+    ref = load_vlm(build_tiny_vlm("internvl", tmp_path / "ref", words=[*SYNTHETIC_WORDS, *PROMPT_WORDS],
+                                  patch_size=16))
+    before, after = dict(ref.named_parameters()), dict(vlm.named_parameters())
+    for part in (vlm.vision_tower, vlm.alignment_layer, vlm.language_model):  # every part trained
+        ids = {id(q) for q in part.parameters()}
+        names = [n for n, q in after.items() if id(q) in ids]
+        assert names and any(not torch.equal(before[n], after[n]) for n in names)
+    weights = folder / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    assert ensure_base_vlm(tmp_path / "base", data.train, **opts) == folder
+    assert weights.stat().st_mtime_ns == stamp  # same settings: reused
+    assert "<unk>" not in vlm.tokenizer.convert_ids_to_tokens(pair_inputs(vlm, 2, "what colour flashed ?", "red")[0])
+
+    task = LVCAlign(vlm=str(folder), compress=False)
+    batch = {"frames_mask": torch.ones(2, 16, dtype=torch.bool), "prompt": ["what colour flashed ?",
+             "which way did the object move ?"], "answer": ["red", "left"]}
+    got = task.training_inputs(batch)
+    for i in range(2):
+        ids, labels = pair_inputs(vlm, 16, batch["prompt"][i], batch["answer"][i])
+        n = int(got["attention_mask"][i].sum())
+        assert got["input_ids"][i, :n].tolist() == ids and got["labels"][i, :n].tolist() == labels

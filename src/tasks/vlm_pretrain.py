@@ -75,10 +75,12 @@ def collate_inputs(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> 
 def load_clips(paths: Iterable[str], *, image_size: int = 64, transform: Any = None) -> torch.Tensor:
     """Every frame of each (equal-length) video, resized / normalised: float32 ``[N, M, 3, S, S]`` (the torch
     fallback transform of the video DataModules with ImageNet mean / std, unless ``transform`` is given)."""
-    from spikelight.datamodules.video import FrameTransform, read_video
+    import numpy as np
+
+    from spikelight.datamodules.video import FrameTransform, decode_frames, frame_times
 
     transform = transform or FrameTransform(image_size)
-    clips = [transform(read_video(p, num_frames=1 << 30).frames) for p in paths]
+    clips = [transform(decode_frames(p, np.arange(len(frame_times(p)))).frames) for p in paths]
     lengths = {c.shape[0] for c in clips}
     if len(lengths) != 1:
         raise ValueError(f"load_clips: the videos have different frame counts {sorted(lengths)}")
