@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_CONFIG ?= experiments/svl/synthetic.yaml
 PYTEST_ARGS ?=
 
-.PHONY: venv install install-svl install-dev demo test test-fast test-slow test-all bench lint clean
+.PHONY: venv install install-svl install-lvc install-dev demo demo-lvc test test-fast test-slow test-all bench lint clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,19 +28,28 @@ $(VENV)/.installed-svl: setup.cfg pyproject.toml $(VENV)/.torch
 	$(PIP) install -e ".[svl]"
 	touch $@ $(VENV)/.installed
 
+$(VENV)/.installed-lvc: setup.cfg pyproject.toml $(VENV)/.torch
+	$(PIP) install -e ".[lvc]"
+	touch $@ $(VENV)/.installed
+
 # [dev] = every extra (spconv's CPU build) + the test tools
 $(VENV)/.installed-dev: setup.cfg pyproject.toml $(VENV)/.torch
 	$(PIP) install -e ".[dev]"
-	touch $@ $(VENV)/.installed $(VENV)/.installed-svl
+	touch $@ $(VENV)/.installed $(VENV)/.installed-svl $(VENV)/.installed-lvc
 
 venv: $(VENV)/bin/python
 install: $(VENV)/.installed
 install-svl: $(VENV)/.installed-svl
+install-lvc: $(VENV)/.installed-lvc
 install-dev: $(VENV)/.installed-dev
 
 # SVL end to end on the embedded synthetic triplets: pretrain, zero-shot, Rep-VLI export, energy report
 demo: install-svl
 	VENV=$(VENV) DEMO_CONFIG=$(DEMO_CONFIG) bash scripts/demo.sh
+
+# LVC on the synthetic videos: base VLM trained whole, alignment-layer tuning, LVC vs sparse sampling table
+demo-lvc: install-lvc
+	VENV=$(VENV) bash scripts/demo_lvc.sh
 
 # the default suite (under 10 minutes on 2 cores); tests marked `slow` run with `make test-slow` / `test-all`
 test: install-dev
