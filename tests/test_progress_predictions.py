@@ -7,7 +7,6 @@ import json
 import re
 import subprocess
 import sys
-import warnings
 from types import SimpleNamespace
 
 import pytest
