@@ -129,6 +129,25 @@ def count_parameters(*modules: torch.nn.Module | None, buffers: bool = False) ->
     return n
 
 
+def count_bytes(*items: torch.nn.Module | torch.Tensor | None, buffers: bool = True) -> int:
+    """Bytes of the distinct parameters (and, with ``buffers``, buffers) of the modules and of the plain
+    tensors among ``items`` (each storage counted once, at its element size)."""
+    seen: set[int] = set()
+    n = 0
+    for m in items:
+        if m is None:
+            continue
+        if isinstance(m, torch.Tensor):
+            tensors = [m]
+        else:
+            tensors = list(m.parameters()) + (list(m.buffers()) if buffers else [])
+        for t in tensors:
+            if id(t) not in seen:
+                seen.add(id(t))
+                n += t.numel() * t.element_size()
+    return n
+
+
 def write_json(report: Mapping[str, Any], path: str | Path) -> Path:
     """Write ``report`` as indented JSON (parent folders created); returns the path."""
     out = Path(path)
