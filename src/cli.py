@@ -33,6 +33,11 @@ import os
 import sys
 import traceback
 from pathlib import Path
+
+from spikelight.warnings_filter import filter_known_warnings
+
+filter_known_warnings()  # before Lightning is imported: some of its own imports warn (see warnings_filter)
+
 from typing import Any, Optional
 
 from jsonargparse import Namespace
@@ -428,12 +433,6 @@ class SpikelightCLI(LightningCLI):
 def main(args: Optional[list[str]] = None) -> None:
     """Console entry point. Known input errors end with one clear line (``SPIKELIGHT_DEBUG=1``: traceback)."""
     os.environ.setdefault("WANDB_SILENT", "true")
-    try:
-        from spikelight.warnings_filter import filter_known_warnings
-    except ImportError:  # pragma: no cover - during development only
-        pass
-    else:
-        filter_known_warnings()
     try:
         SpikelightCLI(args=args)
     except (FileNotFoundError, NotADirectoryError, ValueError, FloatingPointError, RunFolderError) as e:

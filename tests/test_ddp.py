@@ -108,16 +108,10 @@ def test_ddp_uneven_validation_is_not_padded_and_predictions_are_gathered(tmp_pa
     assert two_pred["index"].tolist() == list(range(VAL_SIZE)) == one_pred["index"].tolist()
     assert torch.equal(two_pred["predictions"], one_pred["predictions"])
 
-    # val/loss is logged with self.log(..., sync_dist=True): Lightning averages the per-rank sums and the
-    # per-rank batch-size counts over ranks, and the count is an int64 tensor that its gloo "mean" truncates
-    # ((35 + 34) / 2 -> 34), so the loss comes out scaled by 69 / 68 unless the task logs it through a
-    # sum-reduced metric (torchmetrics MeanMetric).
-    loss, exact = two["metrics"]["val/loss"], ref["val/loss"]
-    if loss != pytest.approx(exact, rel=1e-6, abs=1e-7):
-        truncated = exact * VAL_SIZE / (2 * (VAL_SIZE // 2))
-        assert loss == pytest.approx(truncated, rel=1e-6), (loss, exact)  # anything else is a new bug
-        pytest.xfail(f"val/loss {loss:.6f} != {exact:.6f}: Lightning's sync_dist mean truncates the odd sample "
-                     "count; log val/loss through torchmetrics.MeanMetric in the task")
+    # val/loss: with self.log(..., sync_dist=True) Lightning averages the per-rank means with an int64 sample
+    # count that its gloo "mean" truncates ((35 + 34) / 2 -> 34): scaled by 69 / 68. The tasks log losses
+    # through SpikelightTask.log_mean (a sum-reduced MeanMetric): exact.
+    assert two["metrics"]["val/loss"] == pytest.approx(ref["val/loss"], rel=1e-6, abs=1e-7)
 
 
 def test_eval_sampler_single_process_is_default_order():

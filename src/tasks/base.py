@@ -91,6 +91,7 @@ class SpikelightTask(pl.LightningModule):
         if scheduler not in ("cosine", "constant"):
             raise ValueError(f"scheduler must be 'cosine' or 'constant', got {scheduler!r}")
         self.optimizer_fn = optimizer
+        self._mean_metrics = nn.ModuleDict()  # log_mean's per-key epoch means (no persistent state)
         self.warmup_epochs = float(warmup_epochs)
         self.warmup_start_lr = float(warmup_start_lr)
         self.min_lr = float(min_lr)
@@ -155,6 +156,21 @@ class SpikelightTask(pl.LightningModule):
                 del state[key]
 
     # ------------------------------------------------------------------ helpers
+
+    def log_mean(self, name: str, value: Tensor, batch_size: int, **kwargs: Any) -> None:
+        """Log the sample-weighted epoch mean of ``value`` (e.g. ``val/loss``), exact across DDP ranks.
+
+        ``self.log(..., sync_dist=True)`` averages the ranks' means with a truncated integer sample count when
+        the ranks hold different numbers of samples (an uneven, unpadded validation set); a torchmetrics
+        ``MeanMetric`` sums values and weights over ranks instead."""
+        from torchmetrics import MeanMetric
+
+        key = name.replace("/", "__").replace(".", "_")
+        if key not in self._mean_metrics:
+            self._mean_metrics[key] = MeanMetric().to(self.device)
+        metric = self._mean_metrics[key]
+        metric.update(value.detach().float(), weight=batch_size)
+        self.log(name, metric, on_step=False, on_epoch=True, batch_size=batch_size, **kwargs)
 
     def check_finite(self, loss: torch.Tensor, what: str = "loss") -> None:
         """Stop the run with a clear message when the loss is NaN/inf (nothing silently trains on garbage)."""

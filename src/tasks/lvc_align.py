@@ -508,8 +508,7 @@ class LVCAlign(SpikelightTask):
         if "options" not in batch:  # video-text pairs: answer loss
             with torch.no_grad():
                 loss = self.loss(batch)
-            self.log(f"{stage}/loss", loss, batch_size=int(batch["frames"].shape[0]), add_dataloader_idx=False,
-                     sync_dist=True)  # fmt: skip
+            self.log_mean(f"{stage}/loss", loss, int(batch["frames"].shape[0]), add_dataloader_idx=False)
             return loss
         self._records.setdefault(stage, {}).setdefault(dataloader_idx, []).extend(self.score_batch(batch))
         return None

@@ -57,7 +57,7 @@ class ToyClassifier(SpikelightTask):
         logits = self.model(batch["x"])
         loss = F.cross_entropy(logits, batch["label"])
         self.val_acc(logits, batch["label"])
-        self.log("val/loss", loss, batch_size=len(batch["label"]), sync_dist=True)
+        self.log_mean("val/loss", loss, len(batch["label"]))
         self.log("val/top1", self.val_acc, prog_bar=True, batch_size=len(batch["label"]))
 
     def test_step(self, batch: dict, batch_idx: int) -> None:

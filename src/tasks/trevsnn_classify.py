@@ -252,7 +252,7 @@ class TRevSNNClassify(SpikelightTask):
         top1, top5 = getattr(self, f"{stage}_top1"), getattr(self, f"{stage}_top5")
         top1(logits, y)
         top5(logits, y)
-        self.log(f"{stage}/loss", F.cross_entropy(logits, y), batch_size=bsz, sync_dist=True)
+        self.log_mean(f"{stage}/loss", F.cross_entropy(logits, y), bsz)
         self.log(f"{stage}/top1", top1, prog_bar=True, batch_size=bsz)
         self.log(f"{stage}/top5", top5, batch_size=bsz)
         if self.ema_model is not None and self.ema_validate:
@@ -260,7 +260,7 @@ class TRevSNNClassify(SpikelightTask):
             e1, e5 = getattr(self, f"{stage}_ema_top1"), getattr(self, f"{stage}_ema_top5")
             e1(ema_logits, y)
             e5(ema_logits, y)
-            self.log(f"{stage}_ema/loss", F.cross_entropy(ema_logits, y), batch_size=bsz, sync_dist=True)
+            self.log_mean(f"{stage}_ema/loss", F.cross_entropy(ema_logits, y), bsz)
             self.log(f"{stage}_ema/top1", e1, prog_bar=True, batch_size=bsz)
             self.log(f"{stage}_ema/top5", e5, batch_size=bsz)
 
