@@ -62,6 +62,7 @@ _LAZY = {
     "EventDataModule": "events",
     "VideoTextDataModule": "video",
     "VideoMCQDataModule": "video",
+    "SyntheticVideoDataModule": "video.synthetic",
 }
 
 __all__ = ["DataError", "EvalSet", "SpikelightDataModule", "batch_size_of", "collate_dict", *_LAZY]
