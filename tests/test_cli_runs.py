@@ -114,6 +114,7 @@ def test_one_wandb_run_per_training(repo, tmp_path, monkeypatch):
 
     wandb.finish()  # as at the end of a process: the resumed launch starts its own W&B process
     run(["fit", "--name", "w", "--ckpt_path", "last", "--trainer.max_epochs", "2"], tmp_path, logger=True)
+    wandb.finish()
     runs = sorted((tmp_path / "w" / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(r.name.endswith(rid) for r in runs)  # the same run id, resumed
 
@@ -239,7 +240,11 @@ def test_a_launch_that_fails_before_its_first_step_opens_no_wandb_run(repo, tmp_
 
 def test_wandb_summary_keeps_the_best_validation_values(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
+    import wandb
+
     from spikelight.loggers import OfflineWandbLogger
+
+    wandb.finish()  # no run left over from another test of this process (Lightning would reuse it)
 
     logger = OfflineWandbLogger(save_dir=str(tmp_path), name="b", id="bestrun", group="b", job_type="fit")
     for step, (top1, loss) in enumerate([(0.5, 2.0), (0.8, 1.5), (0.6, 1.7)]):
