@@ -254,3 +254,13 @@ def test_wandb_summary_keeps_the_best_validation_values(tmp_path, monkeypatch):
     assert "best/train/loss" not in summary.keys()
     assert logger.experiment.group == "b" and logger.experiment.job_type == "fit" and logger.experiment.id == "bestrun"
     logger.experiment.finish()
+
+
+def test_resume_removes_checkpoints_the_resumed_training_does_not_know(repo, tmp_path):
+    run(["fit", "--name", "k"], tmp_path)
+    ckpts = tmp_path / "k" / "checkpoints"
+    stale = ckpts / "epoch=009-step=000999.ckpt"  # e.g. a top-k file written after last.ckpt, before a crash
+    stale.write_bytes((ckpts / "last.ckpt").read_bytes())
+    run(["fit", "--name", "k", "--ckpt_path", "last", "--trainer.max_epochs", "2"], tmp_path)
+    names = sorted(p.name for p in ckpts.iterdir())
+    assert stale.name not in names and "last.ckpt" in names and len(names) == 2
