@@ -12,31 +12,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-VENV=${VENV:-.venv}
-PY="$VENV/bin/python"
-SPIKELIGHT="$VENV/bin/spikelight"
 CONFIG=${DEMO_CONFIG:-experiments/svl/synthetic.yaml}
 NAME=$(basename "$(dirname "$CONFIG")")_$(basename "$CONFIG" .yaml)
 RUN_DIR="runs/$NAME"
-export WANDB_MODE=${WANDB_MODE:-offline}
-export WANDB_SILENT=true
-export MPLBACKEND=Agg
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-# One intra-op thread: the small per-step kernels gain little from a second thread on an idle machine,
-# and on a busy one (CI runners, shared boxes) two spinning OpenMP threads are up to 10x slower.
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
-
-for tool in "$PY" "$SPIKELIGHT"; do
-    [ -x "$tool" ] || { echo "demo: $tool not found; run 'make install' first" >&2; exit 1; }
-done
-if [ -d "$RUN_DIR" ] && [ -z "${DEMO_KEEP_RUN:-}" ]; then
-    echo "demo: removing the previous demo run $RUN_DIR (set DEMO_KEEP_RUN=1 to keep it)"
-    rm -rf "$RUN_DIR"
-fi
+DEMO_NAME=demo
+# shellcheck source=scripts/demo_env.sh
+source scripts/demo_env.sh
 
 t0=$(date +%s)
 echo "== [1/3] pretraining: $SPIKELIGHT fit --config $CONFIG $*"
-"$SPIKELIGHT" fit --config "$CONFIG" --trainer.enable_progress_bar false "$@"
+"$SPIKELIGHT" fit --config "$CONFIG" --trainer.enable_progress_bar false --overwrite true "$@"
 t1=$(date +%s)
 echo
 echo "== [2/3] Rep-VLI export"

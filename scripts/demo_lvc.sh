@@ -14,31 +14,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-VENV=${VENV:-.venv}
-PY="$VENV/bin/python"
-SPIKELIGHT="$VENV/bin/spikelight"
 CONFIG=experiments/lvc/synthetic.yaml
 RUN_DIR=runs/lvc_synthetic
-export WANDB_MODE=${WANDB_MODE:-offline}
-export WANDB_SILENT=true
-export MPLBACKEND=Agg
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-# one intra-op thread: tiny kernels gain nothing from a second one, and spinning threads on a busy
-# machine are many times slower
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
-
-for tool in "$PY" "$SPIKELIGHT"; do
-    [ -x "$tool" ] || { echo "demo-lvc: $tool not found; run 'make install' first" >&2; exit 1; }
-done
-if [ -d "$RUN_DIR" ] && [ -z "${DEMO_KEEP_RUN:-}" ]; then
-    echo "demo-lvc: removing the previous run $RUN_DIR (set DEMO_KEEP_RUN=1 to keep it; the base model in"
-    echo "          runs/lvc_synthetic_base/ is kept and reused)"
-    rm -rf "$RUN_DIR"
-fi
+DEMO_NAME=demo-lvc
+# the base model in runs/lvc_synthetic_base/ is kept and reused by a second run
+# shellcheck source=scripts/demo_env.sh
+source scripts/demo_env.sh
 
 t0=$(date +%s)
 echo "== [1/2] $SPIKELIGHT fit --config $CONFIG $*"
-"$SPIKELIGHT" fit --config "$CONFIG" --trainer.enable_progress_bar false "$@"
+"$SPIKELIGHT" fit --config "$CONFIG" --trainer.enable_progress_bar false --overwrite true "$@"
 t1=$(date +%s)
 echo
 echo "== [2/2] comparison at equal visual tokens (scripts/demo_lvc.py ${DEMO_LVC_ARGS:-})"
