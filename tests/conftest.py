@@ -33,6 +33,15 @@ def _wandb_tmp(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
+    yield
+    # no W&B run outlives its test: Lightning's WandbLogger would reuse a live ``wandb.run``
+    # (e.g. a disabled-mode one) in the next test, and wandb's process-wide settings (mode, dir) are read
+    # once per setup: tear it down so the next test's WANDB_* variables apply
+    wandb = sys.modules.get("wandb")
+    if wandb is not None:
+        if getattr(wandb, "run", None) is not None:
+            wandb.finish()
+        wandb.teardown()
 
 
 @pytest.fixture(scope="module")

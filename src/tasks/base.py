@@ -170,7 +170,8 @@ class SpikelightTask(pl.LightningModule):
             self._mean_metrics[key] = MeanMetric().to(self.device)
         metric = self._mean_metrics[key]
         metric.update(value.detach().float(), weight=batch_size)
-        self.log(name, metric, on_step=False, on_epoch=True, batch_size=batch_size, **kwargs)
+        self.log(name, metric, on_step=False, on_epoch=True, batch_size=batch_size,
+                 metric_attribute=f"_mean_metrics.{key}", **kwargs)
 
     def check_finite(self, loss: torch.Tensor, what: str = "loss") -> None:
         """Stop the run with a clear message when the loss is NaN/inf (nothing silently trains on garbage)."""
