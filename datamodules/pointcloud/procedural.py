@@ -3,17 +3,33 @@ cone, sphere patch, torus arc, pyramid, prism) assembled by one builder per cate
 proportions, a random yaw and a random named colour per object (some parts get a fixed material colour:
 wooden legs, black wheels, a brown trunk ...); area-weighted surface samples with normals and albedo, and
 a z-buffered splat renderer (two-sided Lambert shading, white background). The y axis is up.
+
+Parts (for part segmentation, optional): ``make_object(..., with_parts=True)`` also returns, per face, the
+*primitive* it belongs to (the index of the ``_Builder.part`` call that placed it) and its *part*: the
+statement of the category builder that placed the primitive (``_legs(...)`` is one part however many legs it
+draws; a loop of shelves is one part), an index into :func:`part_names` ``(category)``. Part labels are fixed
+per category (the builder's statements in source order); an object built by one branch of a builder (a
+round table) simply lacks the parts of the other branch. ``sample_object(..., face_ids=...)`` carries any
+per-face ids to the samples. Neither touches the random stream: the default outputs are unchanged.
 """
 
 from __future__ import annotations
 
+import ast
+import inspect
 import math
+import sys
+import textwrap
 from collections.abc import Callable
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["CATEGORIES", "COLOURS", "COLOUR_NAMES", "make_object", "sample_object", "render_points", "rotation"]
+__all__ = [
+    "CATEGORIES", "COLOURS", "COLOUR_NAMES", "ObjectParts", "make_object", "part_names", "sample_object",
+    "render_points", "rotation",
+]
 
 #: named colours (linear-ish sRGB in [0, 1]); the caption uses the name
 COLOURS: dict[str, tuple[float, float, float]] = {
@@ -148,6 +164,7 @@ class _Builder:
         self.faces: list[np.ndarray] = []
         self.cols: list[np.ndarray] = []
         self.n = 0
+        self.sites: list[tuple[object, int] | None] = []  # per primitive: (builder code, line) that placed it
 
     def u(self, a: float, b: float) -> float:
         return float(self.rng.uniform(a, b))
@@ -164,6 +181,7 @@ class _Builder:
         self.faces.append(f + self.n)
         self.cols.append(np.broadcast_to(col, (len(f), 3)))
         self.n += len(v)
+        self.sites.append(_builder_site())
 
     # shorthands
     def box(self, size, pos, colour=None, rot=None):
@@ -180,6 +198,18 @@ class _Builder:
             np.concatenate(self.faces),
             np.concatenate(self.cols).astype(np.float64),
         )
+
+
+def _builder_site() -> tuple[object, int] | None:
+    """``(code, line)`` of the category-builder statement running now (the innermost frame whose code is
+    one of :data:`CATEGORIES`' builders); ``None`` outside a builder. Reads frames only (no random draw)."""
+    frame = sys._getframe(2)
+    codes = _builder_codes()
+    while frame is not None:
+        if frame.f_code in codes:
+            return frame.f_code, frame.f_lineno
+        frame = frame.f_back
+    return None
 
 
 def _legs(b: _Builder, xs: float, zs: float, h: float, t: float, colour, round_legs: bool) -> None:
@@ -463,9 +493,67 @@ CATEGORIES: dict[str, Callable[[_Builder], None]] = {
 }  # fmt: skip
 
 
-def make_object(category: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+@lru_cache(maxsize=None)
+def _builder_codes() -> frozenset:
+    return frozenset(fn.__code__ for fn in CATEGORIES.values())
+
+
+_PART_CALLS = {"part", "box", "cyl", "_legs", "_torus_like"}  # calls that place primitives
+
+
+def _call_name(node: ast.Call) -> str | None:
+    fn = node.func
+    if isinstance(fn, ast.Attribute) and isinstance(fn.value, ast.Name) and fn.value.id == "b":
+        return fn.attr
+    return fn.id if isinstance(fn, ast.Name) else None
+
+
+@lru_cache(maxsize=None)
+def _part_statements(category: str) -> tuple[tuple[int, int, str], ...]:
+    """The primitive-placing calls of a category builder in source order: ``(first line, last line,
+    source text)`` (absolute line numbers of the module)."""
+    fn = CATEGORIES[category]
+    lines, first = inspect.getsourcelines(fn)
+    tree = ast.parse(textwrap.dedent("".join(lines)))
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and _call_name(n) in _PART_CALLS]
+    calls.sort(key=lambda n: (n.lineno, n.col_offset))
+    src = textwrap.dedent("".join(lines))
+    out = []
+    for n in calls:
+        text = " ".join((ast.get_source_segment(src, n) or _call_name(n) or "?").split())
+        out.append((first + n.lineno - 1, first + n.end_lineno - 1, text))
+    return tuple(out)
+
+
+def part_names(category: str) -> list[str]:
+    """The part labels of ``category``: one per primitive-placing statement of its builder, in source order
+    (a short text of the statement, e.g. ``"_legs(b, w / 2 - lt / 2, ...)"``)."""
+    if category not in CATEGORIES:
+        raise KeyError(f"unknown synthetic category {category!r}; choose from {list(CATEGORIES)}")
+    return [text if len(text) <= 60 else text[:57] + "..." for _, _, text in _part_statements(category)]
+
+
+def _part_of_site(category: str, site: tuple[object, int] | None) -> int:
+    if site is not None and site[0] is CATEGORIES[category].__code__:
+        for k, (lo, hi, _) in enumerate(_part_statements(category)):
+            if lo <= site[1] <= hi:
+                return k
+    raise RuntimeError(f"synthetic {category!r}: a primitive was placed outside the builder's part statements "
+                       f"(site {site}); parts are the builder's calls of {sorted(_PART_CALLS)}")
+
+
+class ObjectParts(NamedTuple):
+    """Per-face ids of a built object: ``primitive [F]`` (index of the ``_Builder.part`` call that placed the
+    face) and ``part [F]`` (index into :func:`part_names` ``(category)``)."""
+
+    primitive: np.ndarray
+    part: np.ndarray
+
+
+def make_object(category: str, rng: np.random.Generator, *, with_parts: bool = False):
     """Build one random object: ``vertices [V, 3]``, ``faces [F, 3]``, per-face albedo ``[F, 3]`` and the
-    colour name. A random yaw about y is applied."""
+    colour name. A random yaw about y is applied. ``with_parts=True`` appends an :class:`ObjectParts`
+    (per-face primitive and part ids); the random stream and the other outputs are the same either way."""
     if category not in CATEGORIES:
         raise KeyError(f"unknown synthetic category {category!r}; choose from {list(CATEGORIES)}")
     cname = COLOUR_NAMES[int(rng.integers(len(COLOUR_NAMES)))]
@@ -473,13 +561,21 @@ def make_object(category: str, rng: np.random.Generator) -> tuple[np.ndarray, np
     CATEGORIES[category](b)
     v, f, col = b.mesh()
     v = v @ rotation("y", float(rng.uniform(0, 2 * math.pi))).T
-    return v, f, col, cname
+    if not with_parts:
+        return v, f, col, cname
+    sizes = [len(fk) for fk in b.faces]
+    prim = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
+    part_of_prim = np.array([_part_of_site(category, s) for s in b.sites], dtype=np.int64)
+    return v, f, col, cname, ObjectParts(prim, part_of_prim[prim])
 
 
 def sample_object(
-    vertices: np.ndarray, faces: np.ndarray, face_colours: np.ndarray, n: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Area-weighted surface samples: xyz ``[n, 3]``, unit face normals ``[n, 3]``, albedo ``[n, 3]``."""
+    vertices: np.ndarray, faces: np.ndarray, face_colours: np.ndarray, n: int, rng: np.random.Generator,
+    *, face_ids: np.ndarray | None = None,
+):
+    """Area-weighted surface samples: xyz ``[n, 3]``, unit face normals ``[n, 3]``, albedo ``[n, 3]``; with
+    ``face_ids`` (any per-face array, e.g. :attr:`ObjectParts.part`) also the samples' ids ``[n]`` (same random
+    draws: the first three outputs do not depend on it)."""
     a, b, c = vertices[faces[:, 0]], vertices[faces[:, 1]], vertices[faces[:, 2]]
     cr = np.cross(b - a, c - a)
     area2 = np.linalg.norm(cr, axis=1)
@@ -490,6 +586,8 @@ def sample_object(
     flip = u + w > 1
     u[flip], w[flip] = 1 - u[flip], 1 - w[flip]
     pts = a[fi] + u[:, None] * (b[fi] - a[fi]) + w[:, None] * (c[fi] - a[fi])
+    if face_ids is not None:
+        return pts, normals[fi], face_colours[fi], np.asarray(face_ids)[fi]
     return pts, normals[fi], face_colours[fi]
 
 
