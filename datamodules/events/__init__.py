@@ -48,7 +48,7 @@ Batches
 ``{"events": float32 [B, T_in, 2, H, W], "label": int64 [B]}`` with ``T_in = timesteps * frames_per_step``
 (T-RevSNN's DVS variant chunks ``T_in`` into ``timesteps`` consecutive groups of ``frames_per_step``
 frames, ``rearrange(x, "b (t f) p h w -> t b (f p) h w")``), or, with ``representation="points"``,
-``{"points": float32 [B, T, N, 3 or 4], "label": int64 [B]}``.
+``{"points": float32 [B, T, N, 3 | 4 | 6], "label": int64 [B]}`` (``point_features``).
 
 Modules
 -------
@@ -57,11 +57,22 @@ Modules
 * :mod:`.dvsgesture`: :class:`DVSGestureDataModule`, DVS128 Gesture (11 classes, 128x128) in tonic's
   preprocessed folder layout ``<data_dir>/DVSGesture/ibmGestureTrain/userXX_<lighting>/<label>.npy`` (and
   ``ibmGestureTest``). It never downloads: missing files raise ``FileNotFoundError`` in ``setup()``.
+* :mod:`.folder`: :class:`EventFolderDataModule`, recordings of any supported format in
+  ``<data_dir>/<split>/<class>/`` folders (DVS Action, N-CARS, N-MNIST, your own recordings).
 * :mod:`.synthetic`: :class:`SyntheticDVSDataModule`, procedurally generated event streams (a disc moving
   right / left / down / up / diagonally, orbiting clockwise / anticlockwise, growing, shrinking or
   flickering, plus Poisson background noise), deterministic by seed and learnable; for CPU CI runs.
 
-N-MNIST, N-CARS and AEDAT recordings have readers (:mod:`.io`) but no DataModule yet.
+SVL encoders on events (REFERENCE section 1, "Downstream")
+--------------------------------------------------------
+``representation="points"`` gives ``T`` (default 6) windows of event points per recording; the SVL task
+:class:`spikelight.tasks.point_classify.PointClassify` reads a ``[B, T, N, F]`` batch and hands the encoder
+``[T, B, N, F]``. The SVL-pretrained encoders take ``in_channels = 6`` (xyz + rgb), so
+``point_features="xyzrgb"`` puts the polarity in the colour channels (default OFF = black ``(0, 0, 0)``,
+ON = white ``(1, 1, 1)``; ``polarity_colors`` changes it) and keeps the pretrained first layer;
+``center_points=True`` maps ``x, y, z`` from ``[0, 1]`` to ``[-1, 1]`` (the range of the unit-sphere clouds
+the encoders were pretrained on). ``"xyzp"`` (4 channels) needs an encoder built with ``in_channels=4``
+(from scratch). The frames representation is unchanged (T-RevSNN's DVS configs).
 """
 
 from spikelight.datamodules.events.base import EventDataModule
@@ -71,6 +82,7 @@ from spikelight.datamodules.events.dvsgesture import (
     DVSGestureDataset,
     find_dvsgesture_root,
 )
+from spikelight.datamodules.events.folder import EVENT_SUFFIXES, EventFolderDataModule, EventFolderDataset
 from spikelight.datamodules.events.io import (
     DVSGESTURE_CLASSES,
     DVSGESTURE_SENSOR_SIZE,
@@ -93,10 +105,13 @@ from spikelight.datamodules.events.synthetic import (
     synthetic_dvs_events,
 )
 from spikelight.datamodules.events.transforms import (
+    DEFAULT_POLARITY_COLORS,
+    POINT_FEATURES,
     EventRepresentation,
     denoise,
     events_to_frames,
     events_to_points,
+    point_features,
     time_window,
 )
 
@@ -121,6 +136,12 @@ __all__ = [
     "events_to_points",
     "denoise",
     "EventRepresentation",
+    "POINT_FEATURES",
+    "DEFAULT_POLARITY_COLORS",
+    "point_features",
+    "EVENT_SUFFIXES",
+    "EventFolderDataset",
+    "EventFolderDataModule",
     "DVSGestureDataset",
     "find_dvsgesture_root",
     "SyntheticDVSDataset",

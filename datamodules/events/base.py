@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 from spikelight.datamodules.base import SpikelightDataModule
-from spikelight.datamodules.events.transforms import EventRepresentation
+from spikelight.datamodules.events.transforms import DEFAULT_POLARITY_COLORS, EventRepresentation
 
 __all__ = ["EventDataModule"]
 
@@ -22,6 +22,9 @@ class EventDataModule(SpikelightDataModule):
         sensor_size: ``(W, H, P)``; ``downsample``: integer pixel factor (2: 64x64, 4: 32x32).
         representation: ``"frames"`` or ``"points"``; ``num_points``, ``time_norm``, ``with_polarity``:
             see :func:`~spikelight.datamodules.events.transforms.events_to_points`.
+        point_features: ``"xyz"``, ``"xyzp"`` or ``"xyzrgb"`` (polarity in the colour channels: the 6-channel
+            input of SVL-pretrained encoders), ``polarity_colors`` (OFF, ON colours) and ``center_points``
+            (coordinates in [-1, 1]): see :func:`~spikelight.datamodules.events.transforms.point_features`.
         window_us: optional sliding window (us) cropped from each recording (random in training, centred
             in evaluation); ``denoise_us``: optional tonic Denoise filter time (slow: pure Python).
         frame_backend: ``"numpy"`` (every event counted) or ``"tonic"`` (tonic ToFrame).
@@ -31,8 +34,9 @@ class EventDataModule(SpikelightDataModule):
     def __init__(self, *, sensor_size: Sequence[int], timesteps: Optional[int] = None, frames_per_step: int = 1,
                  split_by: str = "count", downsample: int = 1, representation: str = "frames", num_points: int = 1024,
                  time_norm: str = "window", with_polarity: bool = False, window_us: Optional[float] = None,
-                 denoise_us: Optional[float] = None, frame_backend: str = "numpy", batch_size: int = 16,
-                 num_workers: int = 0, pin_memory: bool = False) -> None:
+                 denoise_us: Optional[float] = None, frame_backend: str = "numpy", point_features: Optional[str] = None,
+                 polarity_colors: Sequence[Sequence[float]] = DEFAULT_POLARITY_COLORS, center_points: bool = False,
+                 batch_size: int = 16, num_workers: int = 0, pin_memory: bool = False) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
         if representation not in ("frames", "points"):
             raise ValueError(f"representation must be 'frames' or 'points', got {representation!r}")
@@ -44,7 +48,8 @@ class EventDataModule(SpikelightDataModule):
         kw = dict(representation=representation, sensor_size=self.sensor_size, timesteps=self.timesteps,
                   frames_per_step=frames_per_step, split_by=split_by, downsample=downsample, num_points=num_points,
                   time_norm=time_norm, with_polarity=with_polarity, window_us=window_us, denoise_us=denoise_us,
-                  frame_backend=frame_backend)
+                  frame_backend=frame_backend, point_features=point_features, polarity_colors=polarity_colors,
+                  center_points=center_points)
         self.train_transform = EventRepresentation(train=True, **kw)
         self.eval_transform = EventRepresentation(train=False, **kw)
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Optional, Union
 
 import numpy as np
@@ -15,7 +16,13 @@ from spikelight.datamodules.events.io import (
     import_tonic,
 )
 
-__all__ = ["time_window", "events_to_frames", "events_to_points", "denoise", "EventRepresentation", "sample_rng"]
+__all__ = ["time_window", "events_to_frames", "events_to_points", "point_features", "POINT_FEATURES",
+           "DEFAULT_POLARITY_COLORS", "denoise", "EventRepresentation", "sample_rng"]
+
+#: per-point feature layouts of event point clouds (see :func:`point_features`)
+POINT_FEATURES = ("xyz", "xyzp", "xyzrgb")
+#: polarity -> colour for ``"xyzrgb"``: OFF black, ON white (grey levels: every colour channel carries it)
+DEFAULT_POLARITY_COLORS = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 
 
 def _t_range(ev: np.ndarray, t_start: Optional[int], t_end: Optional[int]) -> tuple[int, int]:
@@ -190,6 +197,43 @@ def events_to_points(events: np.ndarray, *, sensor_size: SensorSize, num_points:
     return out
 
 
+def point_features(points: np.ndarray, *, features: str = "xyzrgb",
+                   polarity_colors: Sequence[Sequence[float]] = DEFAULT_POLARITY_COLORS,
+                   centered: bool = False) -> np.ndarray:
+    """Per-point features of event points ``[..., 4]`` (``x, y, z, p`` from :func:`events_to_points` with
+    ``with_polarity=True``).
+
+    ``features``: ``"xyz"`` (polarity dropped), ``"xyzp"`` (polarity as a 4th channel, 0 / 1) or
+    ``"xyzrgb"``: polarity in the colour channels, ``rgb = polarity_colors[p]`` (default OFF = black
+    ``(0, 0, 0)``, ON = white ``(1, 1, 1)``). ``"xyzrgb"`` is the input layout of the SVL-pretrained
+    encoders (``in_channels = 6``: xyz + rgb in [0, 1]), so an SVL encoder fine-tunes on DVS points
+    without a new first layer. Padding points (a time step with no events is all zeros) keep
+    ``rgb = polarity_colors[0]``.
+
+    ``centered``: map the coordinates from ``[0, 1]`` to ``[-1, 1]`` (``2 v - 1``), closer to the
+    unit-sphere-normalised clouds the encoders were pretrained on.
+
+    Returns float32 ``[..., 3 | 4 | 6]``.
+    """
+    if features not in POINT_FEATURES:
+        raise ValueError(f"point features must be one of {POINT_FEATURES}, got {features!r}")
+    if points.shape[-1] != 4:
+        raise ValueError(f"point_features needs [..., 4] points (x, y, z, p), got shape {points.shape}")
+    xyz = points[..., :3].astype(np.float32)
+    if centered:
+        xyz = 2.0 * xyz - 1.0
+    if features == "xyz":
+        return np.ascontiguousarray(xyz)
+    p = points[..., 3:4].astype(np.float32)
+    if features == "xyzp":
+        return np.concatenate([xyz, p], -1)
+    colors = np.asarray(polarity_colors, np.float32)
+    if colors.shape != (2, 3):
+        raise ValueError(f"polarity_colors must be ((r, g, b) for OFF, (r, g, b) for ON), got {polarity_colors}")
+    rgb = np.where(p > 0.5, colors[1], colors[0]).astype(np.float32)
+    return np.concatenate([xyz, rgb], -1)
+
+
 def denoise(events: np.ndarray, *, filter_time_us: float) -> np.ndarray:
     """``tonic.transforms.Denoise``: drop events with no neighbour (4-connected pixel) event within
     ``filter_time_us`` before them. Pure-Python loop in tonic: ~1 s per 10^5-10^6 events."""
@@ -204,8 +248,9 @@ class EventRepresentation:
     """Events -> one sample dict of tensors (frames or points); the per-sample transform of the DataModules.
 
     ``representation="frames"``: ``{"events": float32 [T_in, P, H/k, W/k]}`` with ``T_in = timesteps *
-    frames_per_step`` (:func:`events_to_frames`). ``"points"``: ``{"points": float32 [timesteps, N, 3|4]}``
-    (:func:`events_to_points`). A ``window_us`` sliding window is cropped first (random start when
+    frames_per_step`` (:func:`events_to_frames`). ``"points"``: ``{"points": float32 [timesteps, N, F]}``
+    (:func:`events_to_points`, then :func:`point_features`: ``F`` = 3 for ``"xyz"``, 4 for ``"xyzp"``, 6 for
+    ``"xyzrgb"``; ``point_features=None`` means ``"xyzp"`` with ``with_polarity`` else ``"xyz"``). A ``window_us`` sliding window is cropped first (random start when
     ``train``, centred otherwise); ``denoise_us`` applies tonic's Denoise before that.
     """
 
@@ -213,7 +258,9 @@ class EventRepresentation:
                  timesteps: int = 16, frames_per_step: int = 1, split_by: str = "count", downsample: int = 1,
                  num_points: int = 1024, time_norm: str = "window", with_polarity: bool = False,
                  window_us: Optional[float] = None, denoise_us: Optional[float] = None, train: bool = False,
-                 frame_backend: str = "numpy") -> None:
+                 frame_backend: str = "numpy", point_features: Optional[str] = None,
+                 polarity_colors: Sequence[Sequence[float]] = DEFAULT_POLARITY_COLORS,
+                 center_points: bool = False) -> None:
         if representation not in ("frames", "points"):
             raise ValueError(f"representation must be 'frames' or 'points', got {representation!r}")
         if timesteps < 1 or frames_per_step < 1:
@@ -224,6 +271,17 @@ class EventRepresentation:
         self.split_by, self.downsample, self.frame_backend = split_by, int(downsample), frame_backend
         self.num_points, self.time_norm, self.with_polarity = int(num_points), time_norm, bool(with_polarity)
         self.window_us, self.denoise_us, self.train = window_us, denoise_us, bool(train)
+        if point_features is None:
+            point_features = "xyzp" if with_polarity else "xyz"
+        elif point_features not in POINT_FEATURES:
+            raise ValueError(f"point_features must be one of {POINT_FEATURES} or None, got {point_features!r}")
+        elif with_polarity and point_features == "xyz":
+            raise ValueError("with_polarity=True contradicts point_features='xyz'")
+        self.point_features = point_features
+        self.polarity_colors = tuple(tuple(float(c) for c in rgb) for rgb in polarity_colors)
+        if len(self.polarity_colors) != 2 or any(len(c) != 3 for c in self.polarity_colors):
+            raise ValueError(f"polarity_colors must be ((r, g, b) for OFF, (r, g, b) for ON), got {polarity_colors}")
+        self.center_points = bool(center_points)
 
     @property
     def out_shape(self) -> tuple[int, ...]:
@@ -232,7 +290,7 @@ class EventRepresentation:
         if self.representation == "frames":
             k = self.downsample
             return (self.timesteps * self.frames_per_step, P, -(-H // k), -(-W // k))
-        return (self.timesteps, self.num_points, 4 if self.with_polarity else 3)
+        return (self.timesteps, self.num_points, {"xyz": 3, "xyzp": 4, "xyzrgb": 6}[self.point_features])
 
     def __call__(self, events: np.ndarray, rng: Optional[np.random.Generator] = None) -> dict[str, torch.Tensor]:
         if self.denoise_us is not None:
@@ -244,9 +302,14 @@ class EventRepresentation:
             fr = events_to_frames(events, sensor_size=self.sensor_size, n_frames=self.timesteps * self.frames_per_step,
                                   split_by=self.split_by, downsample=self.downsample, backend=self.frame_backend)
             return {"events": torch.from_numpy(fr)}
+        plain = self.point_features in ("xyz", "xyzp") and not self.center_points
         pts = events_to_points(events, sensor_size=self.sensor_size, num_points=self.num_points,
-                               timesteps=self.timesteps, time_norm=self.time_norm, with_polarity=self.with_polarity,
+                               timesteps=self.timesteps, time_norm=self.time_norm,
+                               with_polarity=self.point_features == "xyzp" if plain else True,
                                rng=rng if self.train else None)
+        if not plain:
+            pts = point_features(pts, features=self.point_features, polarity_colors=self.polarity_colors,
+                                 centered=self.center_points)
         return {"points": torch.from_numpy(pts)}
 
 
