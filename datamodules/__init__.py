@@ -13,7 +13,10 @@ key            meaning
 ``text``       ``list[str]``: one caption per sample (evaluation sets: a prompt with the class name)
 ``image_feat`` float32 ``[B, D]``: precomputed CLIP image features (``OpenShapeTripletDataModule``)
 ``text_feat``  float32 ``[B, D]``: precomputed CLIP text features (``OpenShapeTripletDataModule``)
-``label``      int64 ``[B]``: class index (-1: unknown)
+``label``      int64 ``[B]``: class index (-1: unknown); the object category in part segmentation
+``part``       int64 ``[B, N]``: per-point global part label (``ShapeNetPartDataModule``,
+               ``SyntheticPartsDataModule``; the module's ``part_table`` maps categories to parts), with
+               ``normals`` float32 ``[B, N, 3]``
 ``events``     DVS event frames float32 ``[B, T, 2, H, W]`` (channel 0 OFF, 1 ON)
 ``x``          float32 ``[B, F]`` features of the toy experiment (``ToyDataModule``)
 ``frames``     video frames ``[B, M, 3, H, W]`` (float32 normalised by the VLM's processor, or uint8
@@ -34,7 +37,8 @@ key            meaning
 Modules: ``base`` (``SpikelightDataModule``: the shared loaders and per-rank batch size; ``EvalSet``: the
 evaluation-set contract; ``batch_size_of``; ``collate_dict``; ``DataError``: a bad data file, one line
 ``"<file>: <problem>"`` in the main process and in DataLoader workers), ``synthetic`` (toy), ``pointcloud/``
-(ModelNet40, ScanObjectNN, ShapeNet-55/ULIP, OpenShape, procedural 3D triplets), ``images/`` (ImageNet,
+(ModelNet40, ScanObjectNN, ShapeNet-55/ULIP, OpenShape, procedural 3D triplets; part segmentation:
+ShapeNetPart, procedural parts), ``images/`` (ImageNet,
 synthetic shapes), ``events/`` (DVS128 Gesture, N-MNIST / N-CARS / AEDAT readers; synthetic DVS), ``video/``
 (PyAV decoding and sampling, VLM frame processing, video-text pairs, MLVU / Video-MME MCQ, feature cache).
 Every DataModule is importable from here (loaded on first use).
@@ -55,6 +59,8 @@ _LAZY = {
     "OpenShapeTripletDataModule": "pointcloud",
     "Synthetic3DDataModule": "pointcloud",
     "PointCloudDataModule": "pointcloud",
+    "ShapeNetPartDataModule": "pointcloud",
+    "SyntheticPartsDataModule": "pointcloud",
     "ImageNetDataModule": "images",
     "SyntheticImageDataModule": "images",
     "DVSGestureDataModule": "events",

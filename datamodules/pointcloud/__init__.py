@@ -5,7 +5,8 @@ Modules: :mod:`.io` (readers: ModelNet40 text, h5, PLY via plyfile, OFF and surf
 :mod:`.labels` (class names, prompt templates, ShapeNet taxonomy), :mod:`.base` (shared dataset and
 DataModule, batch convention), and one file per dataset: :mod:`.modelnet40`, :mod:`.scanobjectnn`,
 :mod:`.shapenet55` (ULIP triplets), :mod:`.openshape` (triplets with CLIP features), :mod:`.synthetic3d`
-(procedural triplets, meshes in :mod:`.procedural`).
+(procedural triplets, meshes in :mod:`.procedural`); part segmentation: :mod:`.shapenetpart` (ShapeNetPart,
+:class:`PartTable`) and :mod:`.synthetic_parts` (procedural objects' parts).
 """
 
 from spikelight.datamodules.base import collate_dict as collate_pointcloud
@@ -38,7 +39,18 @@ from spikelight.datamodules.pointcloud.modelnet40 import ModelNet40DataModule, M
 from spikelight.datamodules.pointcloud.openshape import OpenShapeTripletDataModule, OpenShapeTripletDataset
 from spikelight.datamodules.pointcloud.scanobjectnn import ScanObjectNNDataModule, ScanObjectNNDataset
 from spikelight.datamodules.pointcloud.shapenet55 import ShapeNet55TripletDataModule, ShapeNet55TripletDataset
+from spikelight.datamodules.pointcloud.shapenetpart import (
+    SHAPENETPART,
+    PartTable,
+    ShapeNetPartDataModule,
+    ShapeNetPartDataset,
+)
 from spikelight.datamodules.pointcloud.synthetic3d import Synthetic3DDataModule, Synthetic3DDataset
+from spikelight.datamodules.pointcloud.synthetic_parts import (
+    SyntheticPartsDataModule,
+    SyntheticPartsDataset,
+    synthetic_part_table,
+)
 from spikelight.datamodules.pointcloud.transforms import PointCloudTransform, farthest_point_sample
 
 __all__ = [
@@ -74,4 +86,11 @@ __all__ = [
     "ShapeNet55TripletDataModule",
     "OpenShapeTripletDataModule",
     "Synthetic3DDataModule",
+    "SHAPENETPART",
+    "PartTable",
+    "ShapeNetPartDataset",
+    "ShapeNetPartDataModule",
+    "SyntheticPartsDataset",
+    "SyntheticPartsDataModule",
+    "synthetic_part_table",
 ]
