@@ -47,18 +47,21 @@ _SPECIALS = {
 _BASIC = ("<pad>", "<unk>", "<s>", "</s>")
 
 
-def build_tiny_tokenizer(kind: str, words: Iterable[str] = ()) -> Any:
+def build_tiny_tokenizer(kind: str | None, words: Iterable[str] = ()) -> Any:
     """A word-level ``PreTrainedTokenizerFast``: ``<pad> <unk> <s> </s>``, the ``kind``'s visual special
-    tokens (named attributes, e.g. ``tok.context_image_token_id``), then :data:`BASE_WORDS` and ``words``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    tokens (named attributes, e.g. ``tok.context_image_token_id``; ``kind=None``: none, for a text-only
+    tiny LM, whose ``decode`` also joins words with spaces), then :data:`BASE_WORDS` and ``words``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    specials = _special_tokens(kind)
+    specials = _special_tokens(kind) if kind is not None else {}
     vocab: dict[str, int] = {}
     for w in (*_BASIC, *specials.values(), *BASE_WORDS, *words):
         vocab.setdefault(w, len(vocab))
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if kind is None:  # words joined by spaces in decode (no "##" continuation pieces in a word-level vocab)
+        core.decoder = decoders.WordPiece(prefix="##", cleanup=False)
     return PreTrainedTokenizerFast(
         tokenizer_object=core,
         pad_token="<pad>",
