@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+# pip install, done by uv with pip's settings when it can (2-5x faster), pip otherwise (scripts/install.py)
+INSTALL := $(PY) scripts/install.py
 # torch/torchvision pins that install from the local wheel cache on the dev machines;
 # override on other machines, e.g. `make TORCH_SPEC="torch torchvision" test`.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
@@ -16,25 +18,25 @@ $(VENV)/bin/python:
 	$(PIP) install --upgrade pip
 
 $(VENV)/.torch: | $(VENV)/bin/python
-	$(PIP) install $(TORCH_SPEC)
+	$(INSTALL) $(TORCH_SPEC)
 	touch $@
 
 # base install (every method); the extras add one method's packages: .[svl] .[events] .[lvc] .[sparse]
 $(VENV)/.installed: setup.cfg pyproject.toml $(VENV)/.torch
-	$(PIP) install -e .
+	$(INSTALL) -e .
 	touch $@
 
 $(VENV)/.installed-svl: setup.cfg pyproject.toml $(VENV)/.torch
-	$(PIP) install -e ".[svl]"
+	$(INSTALL) -e ".[svl]"
 	touch $@ $(VENV)/.installed
 
 $(VENV)/.installed-lvc: setup.cfg pyproject.toml $(VENV)/.torch
-	$(PIP) install -e ".[lvc]"
+	$(INSTALL) -e ".[lvc]"
 	touch $@ $(VENV)/.installed
 
 # [dev] = every extra (spconv's CPU build) + the test tools
 $(VENV)/.installed-dev: setup.cfg pyproject.toml $(VENV)/.torch
-	$(PIP) install -e ".[dev]"
+	$(INSTALL) -e ".[dev]"
 	touch $@ $(VENV)/.installed $(VENV)/.installed-svl $(VENV)/.installed-lvc
 
 venv: $(VENV)/bin/python
