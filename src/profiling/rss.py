@@ -76,9 +76,12 @@ class RssSampler:
         self.start_bytes: Optional[int] = None
         self.end_bytes: Optional[int] = None
         self.peak: Optional[int] = None
+        #: number of reads taken so far (a caller can wait for the background thread to have sampled)
+        self.samples = 0
 
     def _sample(self) -> Optional[int]:
         value = self._reader.read()
+        self.samples += 1
         if value is not None and (self.peak is None or value > self.peak):
             self.peak = value
         return value
