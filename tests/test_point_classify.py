@@ -134,6 +134,11 @@ def test_deploy_model_initialises_encoder_and_head(svl_ckpt, tmp_path):
         PointClassify(encoder=None, num_classes=5, pretrained=str(tmp_path / "deploy"), head_init="deploy")
     with pytest.raises(ValueError, match="needs pretrained"):
         PointClassify(encoder=dict(ENC), num_classes=4, head_init="deploy")
+    # linear probe: only the head is optimised, the encoder (BN statistics included) stays in eval mode
+    probe = PointClassify(encoder=None, pretrained=str(tmp_path / "deploy"), head_init="deploy",
+                          freeze_encoder=True).train()
+    assert not probe.encoder.training and probe.head.training
+    assert {id(p) for p in probe.parameters_to_optimize()} == {id(p) for p in probe.head.parameters()}
 
 
 # ---------------------------------------------------------------------------------------------- training
