@@ -103,7 +103,7 @@ FINETUNE: dict[str, dict[str, dict[str, Any]]] = {
     },
     "dvs": {
         "full": {"data.train_size": 176, "data.val_size": 110, "data.num_points": 64, "data.batch_size": 16,
-                 "trainer.max_epochs": 4},
+                 "data.noise_fraction": 0.1, "trainer.max_epochs": 4},
         "quick": {"data.train_size": 8, "data.val_size": 4, "data.num_points": 32, "data.batch_size": 4,
                   "trainer.max_epochs": 1},
     },
