@@ -65,7 +65,8 @@ LINKED_KEYS = (
 )
 #: modules imported before parsing so that short class names work (``--model SVLPretrain``)
 _SHORT_NAME_MODULES = ("spikelight.tasks.toy", "spikelight.tasks.trevsnn_classify", "spikelight.tasks.svl_pretrain",
-                       "spikelight.tasks.lvc_align", "spikelight.datamodules")
+                       "spikelight.tasks.lvc_align", "spikelight.tasks.point_classify",
+                       "spikelight.tasks.part_segment", "spikelight.tasks.point_qa", "spikelight.datamodules")
 
 
 # --------------------------------------------------------------------------- config saving
