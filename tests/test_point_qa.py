@@ -235,7 +235,8 @@ def test_synthetic_config_fits_then_validates(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     config = REPO / "experiments" / "svl_downstream" / "synthetic_qa.yaml"
     over = dict(yaml.safe_load(config.read_text())["smoke"]["overrides"])
-    over["data.init_args.base_steps"] = 2  # the base model's whole training runs (2 steps)
+    over["data.init_args.base_steps"] = 2  # the base model's two stages run (2 steps each)
+    over["data.init_args.base_options"] = {**over["data.init_args.base_options"], "encoder_steps": 2, "batch_size": 4}
     over["data.init_args.eval_train"] = 4
     args = ["--config", str(config), "--run_root", str(tmp_path / "runs")]
     for k, v in over.items():
@@ -244,7 +245,8 @@ def test_synthetic_config_fits_then_validates(tmp_path, monkeypatch, capsys):
     run = SpikelightCLI(args=["fit", *args, *common, "--trainer.max_steps", "3", "--trainer.max_epochs", "2",
                               "--trainer.limit_val_batches", "1"])
     assert run.trainer.global_step == 3 and run.model.trainable_params > 0
-    assert json.loads((tmp_path / "qa_base" / "spikelight_pretrain.json").read_text())["steps"] == 2
+    stamp = json.loads((tmp_path / "qa_base" / "spikelight_pretrain.json").read_text())
+    assert stamp["steps"] == 2 and stamp["encoder_stage"]["encoder_steps"] == 2
     capsys.readouterr()
     SpikelightCLI(args=["validate", *args, *common, "--ckpt_path", "last"])
     out = capsys.readouterr().out

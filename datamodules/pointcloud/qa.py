@@ -107,7 +107,8 @@ def _place(xyz: np.ndarray, radius: float, centre: Sequence[float]) -> np.ndarra
 def make_qa_record(rng: np.random.Generator, qtype: str, *, categories: Sequence[str], num_points: int,
                    max_objects: int = 3) -> dict[str, Any]:
     """One synthetic record (module docstring): ``points`` float32 ``[num_points, 6]``, ``question``,
-    ``answer``, ``qtype`` and the scene's ``objects`` (category, colour, radius each)."""
+    ``answer``, ``qtype``, the scene's ``objects`` (category, colour, radius each) and its attribute
+    ``labels`` (``{category, colour, size, count}`` class indices, ``-1`` where not applicable)."""
     from spikelight.datamodules.pointcloud.procedural import make_object, sample_object
 
     if qtype not in QA_TYPES:
@@ -140,7 +141,14 @@ def make_qa_record(rng: np.random.Generator, qtype: str, *, categories: Sequence
     question = QUESTIONS[qtype][int(rng.integers(len(QUESTIONS[qtype])))]
     answer = {"category": objects[0]["category"], "colour": objects[0]["colour"], "size": size,
               "count": COUNT_WORDS[n - 1]}[qtype]  # fmt: skip
-    return {"points": points, "question": question, "answer": answer, "qtype": qtype, "objects": objects}
+    from spikelight.datamodules.pointcloud.procedural import COLOUR_NAMES
+
+    one = n == 1  # attribute labels of the scene (-1: not applicable), for the base encoder's training
+    labels = {"category": list(categories).index(objects[0]["category"]) if one else -1,
+              "colour": COLOUR_NAMES.index(objects[0]["colour"]) if one else -1,
+              "size": list(SIZE_RADII).index(size) if size is not None else -1, "count": n - 1}  # fmt: skip
+    return {"points": points, "question": question, "answer": answer, "qtype": qtype, "objects": objects,
+            "labels": labels}
 
 
 def generate_qa_split(num: int, *, split_id: int, seed: int, categories: Sequence[str], num_points: int,
@@ -339,9 +347,9 @@ class SyntheticPointQADataModule(_QADataModule):
             (:func:`spikelight.models.point_llm.ensure_base_point_llm`); point the task's ``lm`` at
             ``<base_model>/lm`` and ``encoder_weights`` at ``<base_model>/encoder.ckpt``.
         base_encoder: the encoder spec of the base model (the task's ``encoder`` must be the same).
-        base_steps / base_options: its training steps (``0``: random weights, smoke tests) and options
-            (``batch_size``, ``lr``, ``num_tokens``, ``seed``, ``lm_options`` of
-            :func:`~spikelight.models.point_llm.build_tiny_lm`).
+        base_steps / base_options: the LM stage's training steps (``0``: random weights, smoke tests) and
+            options (``encoder_steps``: the encoder stage's steps, ``batch_size``, ``lr``, ``num_tokens``,
+            ``seed``, ``lm_options`` of :func:`~spikelight.models.point_llm.build_tiny_lm`).
     """
 
     def __init__(self, *, num_train: int = 2048, num_val: int = 256, eval_train: int = 0, seed: int = 0,
@@ -384,12 +392,14 @@ class SyntheticPointQADataModule(_QADataModule):
         """With ``base_model``: train (or reuse) the base model on the training records."""
         if self.base_model is None:
             return
+        from spikelight.datamodules.pointcloud.procedural import COLOUR_NAMES
         from spikelight.models.point_llm import ensure_base_point_llm
 
-        opts = dict(self.base_options)
+        sizes = {"category": len(self.categories), "colour": len(COLOUR_NAMES), "size": len(SIZE_RADII),
+                 "count": self.max_objects}  # fmt: skip
         ensure_base_point_llm(self.base_model, PointQADataset(self.records("train"), transform=self.transform(True)),
-                              encoder=self.base_encoder, words=self.words, steps=self.base_steps,
-                              data_stamp=self.data_stamp(), **opts)  # fmt: skip
+                              encoder=self.base_encoder, words=self.words, label_sizes=sizes, steps=self.base_steps,
+                              data_stamp=self.data_stamp(), **self.base_options)  # fmt: skip
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:

@@ -28,9 +28,9 @@ the projector only, ``"align_encoder"``: projector + encoder, ``"all"``, ``"none
 eval mode. :func:`load_point_llm` builds one from a model spec (+ SVL weights through
 :func:`spikelight.models.pretrained.load_pretrained_encoder`) and a local Hugging Face LM folder
 (:mod:`spikelight.hf`, offline). :func:`build_tiny_lm` writes a tiny random LLaMA causal LM with the
-word-level tokenizer of the tiny VLMs; :func:`ensure_base_point_llm` trains encoder + projector + LM whole
-on QA records (the synthetic default's "pretrained" encoder and an LM that knows the synthetic language),
-cached in a folder.
+word-level tokenizer of the tiny VLMs; :func:`ensure_base_point_llm` makes the synthetic default's stand-ins
+for an SVL-pretrained encoder (attribute heads) and an LM that knows the synthetic language (LM + projector
+trained on the frozen encoder), cached in a folder.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ __all__ = [
     "ensure_base_point_llm",
     "load_point_llm",
     "normalize_answer",
+    "pretrain_encoder",
     "pretrain_point_llm",
     "save_encoder_checkpoint",
 ]
@@ -142,25 +143,29 @@ class PointLLM(nn.Module):
         return self.projector.num_tokens
 
     # ------------------------------------------------------------------ training modes
-    MODES = ("align", "align_encoder", "all", "none")
+    MODES = ("align", "align_encoder", "align_lm", "all", "none")
 
     def set_trainable(self, mode: str = "align") -> "PointLLM":
         """``"align"``: only the projector trains (encoder and LM frozen, eval mode); ``"align_encoder"``:
-        projector + encoder; ``"all"``: everything; ``"none"``: nothing. Returns ``self``."""
+        projector + encoder; ``"align_lm"``: projector + LM (encoder frozen); ``"all"``: everything;
+        ``"none"``: nothing. Returns ``self``."""
         if mode not in self.MODES:
             raise ValueError(f"PointLLM: trainable mode must be one of {self.MODES}, got {mode!r}")
         self.requires_grad_(mode == "all")
-        if mode in ("align", "align_encoder"):
+        if mode in ("align", "align_encoder", "align_lm"):
             self.projector.requires_grad_(True)
         if mode == "align_encoder":
             self.encoder.requires_grad_(True)
+        if mode == "align_lm":
+            self.lm.requires_grad_(True)
         self.trainable_mode = mode
         return self.train(self.training)
 
     def train(self, mode: bool = True) -> "PointLLM":
         super().train(mode)
         if self.trainable_mode != "all":  # frozen parts stay in eval mode (BatchNorm statistics, dropout)
-            self.lm.eval()
+            if self.trainable_mode != "align_lm":
+                self.lm.eval()
             if self.trainable_mode != "align_encoder":
                 self.encoder.eval()
             if self.trainable_mode == "none":
@@ -343,12 +348,13 @@ def save_encoder_checkpoint(encoder: nn.Module, path: str | os.PathLike, spec: A
 
 # ============================================================================ whole training of a tiny model
 def pretrain_point_llm(model: PointLLM, dataset: Any, *, steps: int, batch_size: int = 32, lr: float = 2e-3,
-                       weight_decay: float = 0.0, warmup: float = 0.05, seed: int = 0, log_every: int = 50,
-                       log: Any = print) -> list[float]:
-    """Train the WHOLE ``model`` (encoder, projector, LM) on a QA dataset (items with ``points``,
-    ``question``, ``answer``): AdamW, linear warmup + cosine, gradient clipping at 1, answer-only loss.
-    Returns the loss of every step; leaves ``model`` frozen and in eval mode."""
-    model.set_trainable("all").train()
+                       weight_decay: float = 0.0, warmup: float = 0.05, clip_grad: Optional[float] = None,
+                       mode: str = "all", seed: int = 0, log_every: int = 50, log: Any = print) -> list[float]:
+    """Train ``model`` (``mode`` of :meth:`PointLLM.set_trainable`: ``"all"`` = encoder, projector and LM;
+    ``"align_lm"`` = projector and LM on a frozen encoder) on a QA dataset (items with ``points``,
+    ``question``, ``answer``): AdamW, linear warmup + cosine, answer-only loss (``clip_grad``: clip the
+    global gradient norm). Returns the loss of every step; leaves ``model`` frozen and in eval mode."""
+    model.set_trainable(mode).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     warm = max(1, int(warmup * steps))
@@ -365,55 +371,119 @@ def pretrain_point_llm(model: PointLLM, dataset: Any, *, steps: int, batch_size:
             raise FloatingPointError(f"pretrain_point_llm: loss is {loss.item()} at step {step}; lower lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if clip_grad:
+            torch.nn.utils.clip_grad_norm_(params, clip_grad)
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
         if log is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
             recent = losses[-log_every:]
-            log(f"  base point LLM (whole) step {step + 1}/{steps}: loss {sum(recent) / len(recent):.3f} "
+            log(f"  base point LLM ({mode}) step {step + 1}/{steps}: loss {sum(recent) / len(recent):.3f} "
                 f"({time.perf_counter() - t0:.0f} s)")
     model.set_trainable("none").eval()
     return losses
 
 
+def pretrain_encoder(encoder: nn.Module, dataset: Any, label_sizes: dict[str, int], *, steps: int,
+                     batch_size: int = 32, lr: float = 3e-3, seed: int = 0, log_every: int = 100,
+                     log: Any = print) -> list[float]:
+    """Supervised stand-in for SVL pretraining: train ``encoder`` with one linear head per attribute
+    (``label_sizes``: name -> classes) on its global embedding, cross-entropy summed over attributes
+    (label ``-1`` = not applicable). ``dataset[i]`` gives ``points``; ``dataset.records[i]["labels"]`` the
+    ``{name: class}`` labels. AdamW + cosine. Returns the loss of every step; leaves ``encoder`` in eval mode
+    (the heads are dropped)."""
+    heads = nn.ModuleDict({k: nn.Linear(_embed_dim(encoder), int(n)) for k, n in label_sizes.items()})
+    params = [*encoder.parameters(), *heads.parameters()]
+    encoder.requires_grad_(True).train()
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, steps) / steps)))
+    rng = random.Random(seed)
+    losses, t0 = [], time.perf_counter()
+    device = next(encoder.parameters()).device
+    for step in range(steps):
+        idx = [rng.randrange(len(dataset)) for _ in range(batch_size)]
+        points = torch.stack([torch.as_tensor(dataset[i]["points"]) for i in idx]).to(device)
+        x = encoder(points)
+        loss = x.new_zeros(())
+        for name, head in heads.items():
+            y = torch.as_tensor([int(dataset.records[i]["labels"].get(name, -1)) for i in idx], device=device)
+            if bool((y >= 0).any()):
+                loss = loss + nn.functional.cross_entropy(head(x), y, ignore_index=-1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if log is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
+            recent = losses[-log_every:]
+            log(f"  base encoder (attribute heads) step {step + 1}/{steps}: loss {sum(recent) / len(recent):.3f} "
+                f"({time.perf_counter() - t0:.0f} s)")
+    encoder.requires_grad_(False).eval()
+    return losses
+
+
 def ensure_base_point_llm(folder: str | os.PathLike, dataset: Any, *, encoder: Any, words: Sequence[str] = (),
-                          steps: int = 600, batch_size: int = 32, lr: float = 2e-3, seed: int = 0,
-                          num_tokens: int = 4, data_stamp: Any = None, lm_options: Optional[dict] = None,
-                          log: Any = print) -> Path:
-    """The base model of the synthetic default, trained once and cached in ``folder``:
+                          label_sizes: Optional[dict[str, int]] = None, encoder_steps: int = 300, steps: int = 300,
+                          batch_size: int = 32, lr: float = 3e-3, seed: int = 0, num_tokens: int = 4,
+                          data_stamp: Any = None, lm_options: Optional[dict] = None, log: Any = print) -> Path:
+    """The base model of the synthetic default, trained once and cached in ``folder``, in two stages that
+    stand in for what a real setup downloads:
 
-    * ``folder/lm``: a tiny causal LM (:func:`build_tiny_lm`, ``lm_options``, vocabulary ``words``) in HF
-      format, ``folder/encoder.ckpt``: the encoder (spec ``encoder``) as an SVL-style checkpoint;
-    * both trained WHOLE, together with a projector of ``num_tokens`` tokens, for ``steps`` steps on
-      ``dataset`` (:func:`pretrain_point_llm`; ``steps=0``: random weights, for smoke tests).
+    1. the encoder (spec ``encoder``): :func:`pretrain_encoder` for ``encoder_steps`` steps on the records'
+       attribute labels (``label_sizes``) - the stand-in for SVL pretraining, saved as an SVL-style
+       checkpoint ``folder/encoder.ckpt``;
+    2. a tiny causal LM (:func:`build_tiny_lm`, ``lm_options``, vocabulary ``words``) trained with a
+       projector of ``num_tokens`` tokens on the frozen encoder for ``steps`` steps (:func:`pretrain_point_llm`,
+       ``mode="align_lm"``): an LM that knows the synthetic language, saved in HF format to ``folder/lm``
+       (the projector is dropped: the downstream task learns its own).
 
-    ``folder/spikelight_pretrain.json`` holds every setting (and ``data_stamp``, what identifies the data);
-    the same settings reuse the folder, others retrain (written to a temp folder, then renamed)."""
+    ``steps = encoder_steps = 0``: random weights (smoke tests). ``folder/spikelight_pretrain.json`` holds
+    every setting (and ``data_stamp``, what identifies the data); the same settings reuse the folder, others
+    retrain (written to a temp folder, then renamed); a stage-1 encoder with the same settings is reused."""
     from spikelight.models import build_model
 
     folder = Path(folder).expanduser()
-    stamp = json.loads(json.dumps({"encoder": encoder, "words": list(dict.fromkeys(words)), "steps": int(steps),
-                                   "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),
-                                   "num_tokens": int(num_tokens), "lm_options": dict(lm_options or {}),
-                                   "data": data_stamp}))  # fmt: skip
+    enc_stamp = json.loads(json.dumps({"encoder": encoder, "label_sizes": dict(label_sizes or {}),
+                                       "encoder_steps": int(encoder_steps), "batch_size": int(batch_size),
+                                       "lr": float(lr), "seed": int(seed), "data": data_stamp}))  # fmt: skip
+    stamp = {"encoder_stage": enc_stamp, **json.loads(json.dumps({
+        "words": list(dict.fromkeys(words)), "steps": int(steps), "num_tokens": int(num_tokens),
+        "lm_options": dict(lm_options or {})}))}  # fmt: skip
     stamp_file = folder / "spikelight_pretrain.json"
-    if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
+    old = json.loads(stamp_file.read_text()) if stamp_file.is_file() else {}
+    if {k: v for k, v in old.items() if k != "seconds"} == stamp:
         return folder
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     build_tiny_lm(tmp / "lm", words=stamp["words"], seed=seed, **(lm_options or {}))
+    t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         enc = build_model(encoder)
+        if old.get("encoder_stage") == enc_stamp and (folder / "encoder.ckpt").is_file():  # stage 1 is cached
+            from spikelight.models.pretrained import load_pretrained_encoder
+
+            load_pretrained_encoder(enc, folder / "encoder.ckpt")
+            if log is not None:
+                log(f"base model 1/2: encoder reused from {folder / 'encoder.ckpt'} (same settings)")
+        elif encoder_steps > 0:
+            if not label_sizes:
+                raise ValueError("ensure_base_point_llm: encoder_steps > 0 needs label_sizes")
+            if log is not None:
+                log(f"base model 1/2: encoder on the attribute labels of {len(dataset)} records ({encoder_steps} "
+                    f"steps) -> {folder / 'encoder.ckpt'}")
+            pretrain_encoder(enc, dataset, label_sizes, steps=encoder_steps, batch_size=batch_size, lr=lr, seed=seed,
+                             log=log)  # fmt: skip
         model = load_point_llm(enc, tmp / "lm", num_tokens=num_tokens)
         if steps > 0:
             if log is not None:
-                log(f"base point LLM: training encoder + projector + tiny LM whole on {len(dataset)} QA records "
-                    f"({steps} steps) -> {folder}")
-            pretrain_point_llm(model, dataset, steps=steps, batch_size=batch_size, lr=lr, seed=seed, log=log)
+                log(f"base model 2/2: tiny LM + projector on the frozen encoder, {len(dataset)} QA records ({steps} "
+                    f"steps) -> {folder / 'lm'}")
+            pretrain_point_llm(model, dataset, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                               mode="align_lm", log=log)  # fmt: skip
     model.lm.save_pretrained(tmp / "lm")
     save_encoder_checkpoint(model.encoder, tmp / "encoder.ckpt", spec=encoder)
+    stamp["seconds"] = round(time.perf_counter() - t0, 1)
     (tmp / "spikelight_pretrain.json").write_text(json.dumps(stamp, indent=1))
     if folder.exists():
         shutil.rmtree(folder)
