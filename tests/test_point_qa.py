@@ -254,3 +254,11 @@ def test_synthetic_config_fits_then_validates(tmp_path, monkeypatch, capsys):
     preds = next((tmp_path / "runs").rglob("val-heldout.jsonl")).read_text().splitlines()
     rec = json.loads(preds[0])
     assert len(preds) == 4 and {"qid", "qtype", "question", "answer", "output", "correct"} <= set(rec)
+
+
+def test_encoder_spec_read_from_svl_weights(lm_folder, svl_ckpt):
+    task = PointQA(lm=str(lm_folder), encoder=None, encoder_weights=str(svl_ckpt), num_tokens=2)
+    enc = task.point_llm.encoder
+    assert enc.embed_dim == ENCODER["embed_dim"] and not any(p.requires_grad for p in enc.parameters())
+    with pytest.raises(ValueError, match="encoder spec"):
+        PointQA(lm=str(lm_folder))
