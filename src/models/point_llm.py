@@ -474,6 +474,7 @@ def ensure_base_point_llm(folder: str | os.PathLike, dataset: Any, *, encoder: A
                     f"steps) -> {folder / 'encoder.ckpt'}")
             pretrain_encoder(enc, dataset, label_sizes, steps=encoder_steps, batch_size=batch_size, lr=lr, seed=seed,
                              log=log)  # fmt: skip
+        torch.manual_seed(seed + 1)  # stage 2 starts from the same RNG state whether stage 1 ran or was reused
         model = load_point_llm(enc, tmp / "lm", num_tokens=num_tokens)
         if steps > 0:
             if log is not None:
