@@ -262,3 +262,13 @@ def test_encoder_spec_read_from_svl_weights(lm_folder, svl_ckpt):
     assert enc.embed_dim == ENCODER["embed_dim"] and not any(p.requires_grad for p in enc.parameters())
     with pytest.raises(ValueError, match="encoder spec"):
         PointQA(lm=str(lm_folder))
+
+
+def test_bf16_lm_float32_alignment_layer(lm_folder):
+    task = make_task(lm_folder, dtype="bfloat16")
+    assert task.point_llm.lm.dtype == torch.bfloat16 and task.projector.fc1.weight.dtype == torch.float32
+    b = batch(n=2)
+    loss = task.loss(b)
+    loss.backward()
+    assert torch.isfinite(loss) and task.projector.fc1.weight.grad.dtype == torch.float32
+    assert len(task.generate(b)) == 2
