@@ -22,8 +22,9 @@ from typing import Any, Optional
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 
-__all__ = ["AtomicCheckpointIO", "CheckpointError", "PARTIAL_SUFFIX", "atomic_torch_save", "load_checkpoint",
+__all__ = ["AtomicCheckpointIO", "CheckpointError", "RunCheckpoint", "PARTIAL_SUFFIX", "atomic_torch_save", "load_checkpoint",
            "remove_partials"]
 
 from spikelight.runs import PARTIAL_SUFFIX, remove_partials  # noqa: E402  (torch-free helpers)
@@ -118,3 +119,35 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
         return load_checkpoint(path, map_location=map_location if map_location is not None else "cpu",
                                weights_only=weights_only is not False)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` always follows the training.
+
+    Lightning 2.6 writes ``last.ckpt`` only in a step where a top-k file is written too ("Only save last
+    checkpoint if a checkpoint was actually saved in this step"): with ``monitor`` set, an epoch that does
+    not improve the monitored value leaves ``last.ckpt`` at an older epoch, and ``--ckpt_path last`` (resume,
+    SLURM requeue) would silently go back in time. Here, whenever Lightning would have considered a save
+    (end of validation, or end of the training epoch when it saves there) and wrote nothing, ``last.ckpt``
+    is written anyway (``save_last`` true).
+    """
+
+    @property
+    def state_key(self) -> str:
+        # the key of the callback's state in a checkpoint: as ModelCheckpoint's, so that checkpoints written
+        # before this class (or by a plain ModelCheckpoint) restore their best/last paths into it
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def _refresh_last(self, trainer: Any) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)

@@ -47,7 +47,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities import rank_zero_info
 
 from spikelight import __version__
-from spikelight.checkpoint_io import CheckpointError, load_checkpoint
+from spikelight.checkpoint_io import CheckpointError, RunCheckpoint, load_checkpoint
 from spikelight.commands import SpikelightTrainer, load_weights, parse_class_names  # noqa: F401 (public API)
 from spikelight.runs import RunFolder, RunFolderError, is_rank_zero
 
@@ -250,7 +250,7 @@ class SpikelightCLI(LightningCLI):
                                  "<run>/replaced-<time>/).")
         parser.add_argument("--smoke", type=Optional[dict], default=None,
                             help="Settings the config test uses to shrink this experiment (ignored by commands).")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.save_last": True,
             "checkpoint.filename": "{epoch:03d}-{step:06d}",

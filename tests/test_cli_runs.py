@@ -264,3 +264,17 @@ def test_resume_removes_checkpoints_the_resumed_training_does_not_know(repo, tmp
     run(["fit", "--name", "k", "--ckpt_path", "last", "--trainer.max_epochs", "2"], tmp_path)
     names = sorted(p.name for p in ckpts.iterdir())
     assert stale.name not in names and "last.ckpt" in names and len(names) == 2
+
+
+def test_last_follows_the_training_when_the_monitored_value_stops_improving(repo, tmp_path):
+    # monitor "epoch" in mode "min": epoch 0 stays the best, later epochs write no top-k file. Lightning 2.6
+    # alone would then leave last.ckpt at epoch 0 and `--ckpt_path last` would resume two epochs back.
+    run(["fit", "--name", "m", "--checkpoint.monitor", "epoch", "--checkpoint.mode", "min",
+         "--trainer.max_epochs", "3"], tmp_path)
+    folder = tmp_path / "m" / "checkpoints"
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["epoch=000-step=000002.ckpt", "last.ckpt"], names
+    last = load_checkpoint(folder / "last.ckpt")
+    assert last["epoch"] == 2 and last["global_step"] == 6
+    state = [v for k, v in last["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert len(state) == 1 and state[0]["best_model_path"].endswith("epoch=000-step=000002.ckpt")
