@@ -109,7 +109,7 @@ def make_qa_record(rng: np.random.Generator, qtype: str, *, categories: Sequence
     """One synthetic record (module docstring): ``points`` float32 ``[num_points, 6]``, ``question``,
     ``answer``, ``qtype``, the scene's ``objects`` (category, colour, radius each) and its attribute
     ``labels`` (``{category, colour, size, count}`` class indices, ``-1`` where not applicable)."""
-    from spikelight.datamodules.pointcloud.procedural import make_object, sample_object
+    from spikelight.datamodules.pointcloud.procedural import COLOUR_NAMES, make_object, sample_object
 
     if qtype not in QA_TYPES:
         raise ValueError(f"unknown question type {qtype!r}; choose from {QA_TYPES}")
@@ -141,8 +141,6 @@ def make_qa_record(rng: np.random.Generator, qtype: str, *, categories: Sequence
     question = QUESTIONS[qtype][int(rng.integers(len(QUESTIONS[qtype])))]
     answer = {"category": objects[0]["category"], "colour": objects[0]["colour"], "size": size,
               "count": COUNT_WORDS[n - 1]}[qtype]  # fmt: skip
-    from spikelight.datamodules.pointcloud.procedural import COLOUR_NAMES
-
     one = n == 1  # attribute labels of the scene (-1: not applicable), for the base encoder's training
     labels = {"category": list(categories).index(objects[0]["category"]) if one else -1,
               "colour": COLOUR_NAMES.index(objects[0]["colour"]) if one else -1,
