@@ -10,6 +10,9 @@ INSTALL := $(PY) scripts/install.py
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_CONFIG ?= experiments/svl/synthetic.yaml
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test`: one per core, at most 4 (each holds torch, ~1-2 GB); 0 = in-process
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ "$$n" -gt 4 ] && n=4; [ "$$n" -lt 2 ] && n=0; echo $$n)
+PYTEST_PAR := -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: venv install install-svl install-lvc install-dev demo demo-lvc test test-fast test-slow test-all bench lint clean
 
@@ -53,15 +56,15 @@ demo: install-svl
 demo-lvc: install-lvc
 	VENV=$(VENV) bash scripts/demo_lvc.sh
 
-# the default suite (under 10 minutes on 2 cores); tests marked `slow` run with `make test-slow` / `test-all`
+# the default suite (under 10 minutes on 2 cores, one pytest-xdist worker per core); tests marked `slow` run with `make test-slow` / `test-all`
 test: install-dev
-	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m pytest -q -m "not slow" --durations=15 $(PYTEST_ARGS)
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m pytest -q -m "not slow" $(PYTEST_PAR) --durations=15 $(PYTEST_ARGS)
 
 test-slow: install-dev
-	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m pytest -q -m slow --durations=15 $(PYTEST_ARGS)
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m pytest -q -m slow $(PYTEST_PAR) --durations=15 $(PYTEST_ARGS)
 
 test-all: install-dev
-	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m pytest -q $(PYTEST_PAR) --durations=15 $(PYTEST_ARGS)
 
 test-fast: test
 

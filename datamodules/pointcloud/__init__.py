@@ -6,7 +6,8 @@ Modules: :mod:`.io` (readers: ModelNet40 text, h5, PLY via plyfile, OFF and surf
 DataModule, batch convention), and one file per dataset: :mod:`.modelnet40`, :mod:`.scanobjectnn`,
 :mod:`.shapenet55` (ULIP triplets), :mod:`.openshape` (triplets with CLIP features), :mod:`.synthetic3d`
 (procedural triplets, meshes in :mod:`.procedural`); part segmentation: :mod:`.shapenetpart` (ShapeNetPart,
-:class:`PartTable`) and :mod:`.synthetic_parts` (procedural objects' parts).
+:class:`PartTable`) and :mod:`.synthetic_parts` (procedural objects' parts); 3D question answering:
+:mod:`.qa` ((points, question, answer) JSONL and synthetic scenes).
 """
 
 from spikelight.datamodules.base import collate_dict as collate_pointcloud
@@ -37,6 +38,14 @@ from spikelight.datamodules.pointcloud.labels import (
 )
 from spikelight.datamodules.pointcloud.modelnet40 import ModelNet40DataModule, ModelNet40Dataset
 from spikelight.datamodules.pointcloud.openshape import OpenShapeTripletDataModule, OpenShapeTripletDataset
+from spikelight.datamodules.pointcloud.qa import (
+    PointQADataset,
+    PointQAJsonlDataModule,
+    SyntheticPointQADataModule,
+    export_synthetic_qa,
+    read_qa_jsonl,
+    write_qa_jsonl,
+)
 from spikelight.datamodules.pointcloud.scanobjectnn import ScanObjectNNDataModule, ScanObjectNNDataset
 from spikelight.datamodules.pointcloud.shapenet55 import ShapeNet55TripletDataModule, ShapeNet55TripletDataset
 from spikelight.datamodules.pointcloud.shapenetpart import (
@@ -93,4 +102,10 @@ __all__ = [
     "SyntheticPartsDataset",
     "SyntheticPartsDataModule",
     "synthetic_part_table",
+    "PointQADataset",
+    "PointQAJsonlDataModule",
+    "SyntheticPointQADataModule",
+    "read_qa_jsonl",
+    "write_qa_jsonl",
+    "export_synthetic_qa",
 ]
