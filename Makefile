@@ -21,7 +21,7 @@ $(VENV)/bin/python:
 	$(PIP) install --upgrade pip
 
 $(VENV)/.torch: | $(VENV)/bin/python
-	$(INSTALL) $(TORCH_SPEC)
+	$(PIP) install $(TORCH_SPEC)
 	touch $@
 
 # base install (every method); the extras add one method's packages: .[svl] .[events] .[lvc] .[sparse]

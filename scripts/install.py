@@ -2,9 +2,9 @@
 
 Usage (with the virtualenv's python): ``python scripts/install.py <pip install arguments>``
 
-uv resolves and unpacks in parallel. Measured on the 2-core dev machine, in a fresh venv: torch +
-torchvision 45 s with uv against 104 s with pip, and ``-e .[dev]`` on top 32 s against 156 s, the same
-package versions. uv does not read pip's configuration, so the indexes, find-links folders, constraint
+uv resolves and unpacks in parallel. Measured on the 2-core dev machine, in a fresh venv with torch
+installed: ``-e .[dev]`` 32 s with uv against 156 s with pip, the same package versions. (The Makefile
+installs torch itself with pip: the local wheels it must take are found by pip's settings alone.) uv does not read pip's configuration, so the indexes, find-links folders, constraint
 files and certificate that pip is configured with (``pip config list``: files and ``PIP_*`` variables)
 are passed to it, and ``--index-strategy unsafe-best-match`` makes it pick versions across indexes as pip
 does. Anything that goes wrong on the uv path (uv not installable, a resolution error) falls back to
@@ -40,9 +40,11 @@ def pip_settings(python: str) -> dict[str, str]:
 
 def uv_command(python: str, settings: dict[str, str], args: list[str]) -> list[str]:
     cmd = [python, "-m", "uv", "pip", "install", "--python", python, "--index-strategy", "unsafe-best-match"]
-    if settings.get("index-url"):
-        cmd += ["--index-url", settings["index-url"]]
-    for url in shlex.split(settings.get("extra-index-url", "")):
+    # uv takes a version's files from the first index that lists the version, pip from all of them: pip's
+    # main index comes first so that a partial local mirror (e.g. only soundfile's pure-Python wheel, which
+    # lacks the bundled libsndfile of PyPI's manylinux wheel) does not hide the platform wheels
+    main = settings.get("index-url") or "https://pypi.org/simple"
+    for url in [main, *shlex.split(settings.get("extra-index-url", ""))]:
         cmd += ["--extra-index-url", url]
     for link in shlex.split(settings.get("find-links", "")):
         cmd += ["--find-links", link]

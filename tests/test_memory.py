@@ -153,21 +153,28 @@ def test_module_called_twice_in_one_step() -> None:
 
 
 def test_rss_peak_sees_transient_allocation() -> None:
-    # Larger than glibc's largest dynamic mmap threshold (32 MiB on 64-bit): the buffer is always a fresh
-    # mmap, so touching it raises RSS even when earlier tests left freed-but-resident heap behind.
+    # A fresh anonymous mapping, every page written: RSS must rise by its size whatever the allocator holds
+    # (a torch tensor can be served from freed-but-resident heap another test left behind: no rise at all).
+    import mmap
+
+    import numpy as np
+
     from spikelight.profiling.rss import RssSampler
 
     size = 96 * MB
     sampler = RssSampler(interval_s=1e-3)
     sampler.start()
-    buf = torch.ones(size // 4)  # touched pages: resident
+    region = mmap.mmap(-1, size)
+    pages = np.frombuffer(region, dtype=np.uint8)
+    pages[:: mmap.PAGESIZE] = 1  # touched pages: resident
     # hold the buffer until the background thread has read RSS twice (on a loaded machine it may not run
     # for a while; a fixed sleep made this test flaky)
     seen, deadline = sampler.samples, time.monotonic() + 30.0
     while sampler.samples < seen + 2 and time.monotonic() < deadline:
         time.sleep(0.005)
     assert sampler.samples >= seen + 2, "the RSS sampler thread took no sample in 30 s"
-    del buf
+    del pages
+    region.close()
     mem = sampler.stop()
     assert mem["rss_source"] in ("statm", "psutil")
     assert mem["rss_peak_bytes"] - mem["rss_start_bytes"] >= 0.9 * size
