@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -14,10 +15,24 @@ import torch
 import yaml
 from lightning.pytorch import Callback
 
-from spikelight.cli import SpikelightCLI, parse_class_names
+from spikelight.cli import SpikelightCLI, main, parse_class_names
 
 TOY = "experiments/toy.yaml"
 SMALL = ["--data.init_args.train_size", "128", "--data.init_args.val_size", "64"]
+
+
+def spikelight(args: list[str], capfd) -> tuple[int, str, str]:
+    """``spikelight <args>`` in this process (the console script's ``main``): exit code, stdout, stderr.
+    In-process, not a subprocess: each launch of the console script spends ~15 s importing Lightning on
+    the 2-core CI machine; ``test_console_script_runs`` and the kill tests keep the real process."""
+    capfd.readouterr()
+    try:
+        main(args)
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    out, err = capfd.readouterr()
+    return code, out, err
 
 
 class _Parsed(Exception):
@@ -75,19 +90,27 @@ def test_unknown_subcommand_is_refused(repo_root, monkeypatch):
     assert e.value.code != 0
 
 
-def test_print_config_has_fixed_seed_and_resolved_classes(repo_root, cli):
-    proc = cli(["fit", "--config", TOY, "--print_config"], cwd=repo_root, check=True)
-    cfg = yaml.safe_load(proc.stdout)
+def test_print_config_has_fixed_seed_and_resolved_classes(repo_root, monkeypatch, capfd):
+    monkeypatch.chdir(repo_root)
+    code, out, err = spikelight(["fit", "--config", TOY, "--print_config"], capfd)
+    assert code == 0, err
+    cfg = yaml.safe_load(out)
     assert cfg["seed_everything"] == 42
     assert cfg["model"]["class_path"] == "spikelight.tasks.toy.ToyClassifier"
     assert cfg["checkpoint"]["save_last"] is True
     assert cfg["trainer"]["logger"]["class_path"] == "spikelight.loggers.OfflineWandbLogger"
 
 
-def test_fit_with_wandb_offline_records_metrics_and_config(repo_root, tmp_path, cli):
-    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wb")}
-    cli(["fit", "--config", str(repo_root / TOY), *SMALL, "--trainer.max_epochs", "1",
-         "--run_root", str(tmp_path / "runs"), "--name", "toyrun"], cwd=tmp_path, env=env, check=True)
+def test_fit_with_wandb_offline_records_metrics_and_config(repo_root, tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    code, _, err = spikelight(["fit", "--config", str(repo_root / TOY), *SMALL, "--trainer.max_epochs", "1",
+                               "--run_root", str(tmp_path / "runs"), "--name", "toyrun"], capfd)
+    assert code == 0, err[-4000:]
+    import wandb
+
+    wandb.finish()  # what the end of the console-script process does: the offline run file is complete
     run = tmp_path / "runs" / "toyrun"
     assert (run / "config.yaml").is_file()
     saved = yaml.safe_load((run / "config.yaml").read_text())
@@ -151,7 +174,7 @@ def test_resume_from_last_restores_epoch_step_and_optimizer(repo_root, tmp_path,
     assert sched.last_epoch == 2 * steps_per_epoch
 
 
-def test_crash_resume_after_sigkill(repo_root, tmp_path):
+def test_crash_resume_after_sigkill(repo_root, tmp_path, monkeypatch, caplog):
     """Kill a fit mid-epoch with SIGKILL; every checkpoint left behind loads; --ckpt_path last completes."""
     env = dict(os.environ, WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
     args = [sys.executable, "-m", "spikelight", "fit", "--config", str(repo_root / TOY),
@@ -179,12 +202,15 @@ def test_crash_resume_after_sigkill(repo_root, tmp_path):
         ck = torch.load(f, map_location="cpu", weights_only=True)  # none is corrupt
         steps_at_kill.append(ck["global_step"])
     assert max(steps_at_kill) < 500  # killed mid-epoch (500 steps per epoch)
-    resumed = subprocess.run(args + ["--ckpt_path", "last"], cwd=tmp_path, env=env, capture_output=True,
-                             text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # the resume runs in this process (a second console-script launch would spend ~15 s importing)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(logging.getLogger("lightning.pytorch"), "propagate", True)  # Lightning's own handler
+    main(args[3:] + ["--ckpt_path", "last", "--checkpoint.every_n_train_steps", "250"])
     final = torch.load(ckdir / "last.ckpt", map_location="cpu", weights_only=True)
     assert final["global_step"] == 500
-    assert "Restoring states from the checkpoint" in resumed.stderr + resumed.stdout
+    assert "Restoring states from the checkpoint" in caplog.text
 
 
 @pytest.mark.slow
@@ -201,47 +227,54 @@ def test_ddp_two_cpu_processes(repo_root, tmp_path, cli):
     assert "distributed_backend=gloo" in proc.stderr + proc.stdout
 
 
-def test_ddp_config_stacks_on_an_experiment(repo_root, cli):
-    proc = cli(["fit", "--config", TOY, "--config", "experiments/cluster/ddp.yaml", "--print_config"],
-               cwd=repo_root, check=True)
-    cfg = yaml.safe_load(proc.stdout)
+def test_ddp_config_stacks_on_an_experiment(repo_root, monkeypatch, capfd):
+    monkeypatch.chdir(repo_root)
+    code, out, err = spikelight(["fit", "--config", TOY, "--config", "experiments/cluster/ddp.yaml",
+                                 "--print_config"], capfd)
+    assert code == 0, err
+    cfg = yaml.safe_load(out)
     assert cfg["trainer"]["sync_batchnorm"] is True
     assert "DDPStrategy" in cfg["trainer"]["strategy"]["class_path"]
 
 
-def test_unknown_key_fails_naming_the_key(repo_root, tmp_path, cli):
-    proc = cli(["fit", "--config", TOY, "--model.init_args.hiddn", "8"], cwd=repo_root)
-    assert proc.returncode != 0
-    assert "hiddn" in proc.stderr
+def test_unknown_key_fails_naming_the_key(repo_root, tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(repo_root)
+    code, _, err = spikelight(["fit", "--config", TOY, "--model.init_args.hiddn", "8"], capfd)
+    assert code != 0
+    assert "hiddn" in err
     bad = tmp_path / "bad.yaml"
     cfg = yaml.safe_load((repo_root / TOY).read_text())
     cfg["data"]["init_args"]["batch_sise"] = 4
     bad.write_text(yaml.safe_dump(cfg))
-    proc = cli(["fit", "--config", str(bad)], cwd=repo_root)
-    assert proc.returncode != 0 and "batch_sise" in proc.stderr
+    code, _, err = spikelight(["fit", "--config", str(bad)], capfd)
+    assert code != 0 and "batch_sise" in err
 
 
-def test_wrong_type_fails_naming_the_key(repo_root, cli):
-    proc = cli(["fit", "--config", TOY, "--data.init_args.batch_size", "lots"], cwd=repo_root)
-    assert proc.returncode != 0
-    assert "batch_size" in proc.stderr
+def test_wrong_type_fails_naming_the_key(repo_root, monkeypatch, capfd):
+    monkeypatch.chdir(repo_root)
+    code, _, err = spikelight(["fit", "--config", TOY, "--data.init_args.batch_size", "lots"], capfd)
+    assert code != 0
+    assert "batch_size" in err
 
 
-def test_missing_data_path_fails_naming_the_path(repo_root, tmp_path, cli):
+def test_missing_data_path_fails_naming_the_path(repo_root, tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(repo_root)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
     missing = tmp_path / "no_imagenet_here"
-    proc = cli(["fit", "--config", "experiments/trevsnn/imagenet_tiny.yaml", "--data.init_args.data_dir", str(missing),
-                "--model.init_args.network", "trevsnn_test", "--run_root", str(tmp_path / "runs")],
-               cwd=repo_root, env={"WANDB_MODE": "disabled"})
-    assert proc.returncode != 0
-    assert str(missing) in proc.stderr
-    assert "spikelight: error: FileNotFoundError" in proc.stderr
+    code, _, err = spikelight(["fit", "--config", "experiments/trevsnn/imagenet_tiny.yaml",
+                               "--data.init_args.data_dir", str(missing), "--model.init_args.network", "trevsnn_test",
+                               "--run_root", str(tmp_path / "runs")], capfd)
+    assert code != 0
+    assert str(missing) in err
+    assert "spikelight: error: FileNotFoundError" in err
 
 
-def test_missing_checkpoint_file_is_named(repo_root, tmp_path, cli):
-    proc = cli(["energy", "--config", TOY, "--ckpt_path", str(tmp_path / "nope.ckpt"),
-                "--run_root", str(tmp_path / "runs")], cwd=repo_root)
-    assert proc.returncode != 0
-    assert "nope.ckpt" in proc.stderr
+def test_missing_checkpoint_file_is_named(repo_root, tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(repo_root)
+    code, _, err = spikelight(["energy", "--config", TOY, "--ckpt_path", str(tmp_path / "nope.ckpt"),
+                               "--run_root", str(tmp_path / "runs")], capfd)
+    assert code != 0
+    assert "nope.ckpt" in err
 
 
 def test_parse_class_names(tmp_path):
