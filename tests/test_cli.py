@@ -101,16 +101,11 @@ def test_print_config_has_fixed_seed_and_resolved_classes(repo_root, monkeypatch
     assert cfg["trainer"]["logger"]["class_path"] == "spikelight.loggers.OfflineWandbLogger"
 
 
-def test_fit_with_wandb_offline_records_metrics_and_config(repo_root, tmp_path, monkeypatch, capfd):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
-    code, _, err = spikelight(["fit", "--config", str(repo_root / TOY), *SMALL, "--trainer.max_epochs", "1",
-                               "--run_root", str(tmp_path / "runs"), "--name", "toyrun"], capfd)
-    assert code == 0, err[-4000:]
-    import wandb
-
-    wandb.finish()  # what the end of the console-script process does: the offline run file is complete
+def test_fit_with_wandb_offline_records_metrics_and_config(repo_root, tmp_path, cli):
+    # a real console-script process: W&B's offline run file is complete when the process ends
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wb")}
+    cli(["fit", "--config", str(repo_root / TOY), *SMALL, "--trainer.max_epochs", "1",
+         "--run_root", str(tmp_path / "runs"), "--name", "toyrun"], cwd=tmp_path, env=env, check=True)
     run = tmp_path / "runs" / "toyrun"
     assert (run / "config.yaml").is_file()
     saved = yaml.safe_load((run / "config.yaml").read_text())
