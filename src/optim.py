@@ -52,3 +52,44 @@ def build_warmup_cosine(
         for group in optimizer.param_groups
     ]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+
+
+def train_steps(params, steps: int, loss_fn, *, lr: float, weight_decay: float = 0.0, warmup: float = 0.0,
+                clip_grad: float | None = None, seed: int = 0, log=print, log_every: int = 50,
+                label: str = "train") -> list[float]:
+    """A plain training loop for the small models the synthetic demos build outside Lightning (their tiny
+    base VLM / point LLM / encoder): AdamW on ``params``; per-step LR multiplier ``min(1, (s + 1) / W) *
+    0.5 (1 + cos(pi s / steps))`` with ``W = warmup * steps`` (``warmup = 0``: the cosine alone); optional
+    gradient-norm clipping; a non-finite loss stops with a message. ``loss_fn(rng)`` returns the loss of
+    one batch (``rng = random.Random(seed)``, for drawing the batch). Returns the loss of every step."""
+    import random
+    import time
+
+    params = list(params)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    warm = max(1, int(warmup * steps)) if warmup > 0 else 0
+
+    def multiplier(s: int) -> float:
+        cosine = 0.5 * (1.0 + math.cos(math.pi * min(s, steps) / max(1, steps)))
+        return cosine * min(1.0, (s + 1) / warm) if warm else cosine
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, multiplier)
+    rng = random.Random(seed)
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    for step in range(steps):
+        loss = loss_fn(rng)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{label}: loss is {loss.item()} at step {step}; lower the learning rate")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_grad:
+            torch.nn.utils.clip_grad_norm_(params, clip_grad)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if log is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
+            recent = losses[-log_every:]
+            log(f"  {label} step {step + 1}/{steps}: loss {sum(recent) / len(recent):.3f} "
+                f"({time.perf_counter() - t0:.0f} s)")
+    return losses

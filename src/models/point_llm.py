@@ -36,7 +36,6 @@ trained on the frozen encoder), cached in a folder.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import shutil
@@ -49,6 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from spikelight.losses import answer_lm_loss, answer_positions
+from spikelight.optim import train_steps
 
 __all__ = [
     "QA_TEMPLATE",
@@ -355,31 +355,16 @@ def pretrain_point_llm(model: PointLLM, dataset: Any, *, steps: int, batch_size:
     ``question``, ``answer``): AdamW, linear warmup + cosine, answer-only loss (``clip_grad``: clip the
     global gradient norm). Returns the loss of every step; leaves ``model`` frozen and in eval mode."""
     model.set_trainable(mode).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    warm = max(1, int(warmup * steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1.0 + math.cos(math.pi * min(s, steps) / max(1, steps))))
-    rng = random.Random(seed)
-    losses, t0 = [], time.perf_counter()
     device = next(model.parameters()).device
-    for step in range(steps):
+
+    def batch_loss(rng: random.Random) -> Tensor:
         items = [dataset[rng.randrange(len(dataset))] for _ in range(batch_size)]
         points = torch.stack([torch.as_tensor(it["points"]) for it in items]).to(device)
-        loss = model.loss(points, [it["question"] for it in items], [it["answer"] for it in items])
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"pretrain_point_llm: loss is {loss.item()} at step {step}; lower lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip_grad:
-            torch.nn.utils.clip_grad_norm_(params, clip_grad)
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        if log is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
-            recent = losses[-log_every:]
-            log(f"  base point LLM ({mode}) step {step + 1}/{steps}: loss {sum(recent) / len(recent):.3f} "
-                f"({time.perf_counter() - t0:.0f} s)")
+        return model.loss(points, [it["question"] for it in items], [it["answer"] for it in items])
+
+    losses = train_steps([p for p in model.parameters() if p.requires_grad], steps, batch_loss, lr=lr,
+                         weight_decay=weight_decay, warmup=warmup, clip_grad=clip_grad, seed=seed, log=log,
+                         log_every=log_every, label=f"base point LLM ({mode})")
     model.set_trainable("none").eval()
     return losses
 
@@ -395,12 +380,9 @@ def pretrain_encoder(encoder: nn.Module, dataset: Any, label_sizes: dict[str, in
     heads = nn.ModuleDict({k: nn.Linear(_embed_dim(encoder), int(n)) for k, n in label_sizes.items()})
     params = [*encoder.parameters(), *heads.parameters()]
     encoder.requires_grad_(True).train()
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, steps) / steps)))
-    rng = random.Random(seed)
-    losses, t0 = [], time.perf_counter()
     device = next(encoder.parameters()).device
-    for step in range(steps):
+
+    def batch_loss(rng: random.Random) -> Tensor:
         idx = [rng.randrange(len(dataset)) for _ in range(batch_size)]
         points = torch.stack([torch.as_tensor(dataset[i]["points"]) for i in idx]).to(device)
         x = encoder(points)
@@ -409,15 +391,10 @@ def pretrain_encoder(encoder: nn.Module, dataset: Any, label_sizes: dict[str, in
             y = torch.as_tensor([int(dataset.records[i]["labels"].get(name, -1)) for i in idx], device=device)
             if bool((y >= 0).any()):
                 loss = loss + nn.functional.cross_entropy(head(x), y, ignore_index=-1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        if log is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
-            recent = losses[-log_every:]
-            log(f"  base encoder (attribute heads) step {step + 1}/{steps}: loss {sum(recent) / len(recent):.3f} "
-                f"({time.perf_counter() - t0:.0f} s)")
+        return loss
+
+    losses = train_steps(params, steps, batch_loss, lr=lr, seed=seed, log=log, log_every=log_every,
+                         label="base encoder (attribute heads)")
     encoder.requires_grad_(False).eval()
     return losses
 

@@ -20,16 +20,16 @@ needs no separate step.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import shutil
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from spikelight.optim import train_steps
 
 __all__ = ["PROMPT_WORDS", "pair_inputs", "collate_inputs", "pretrain_vlm", "ensure_base_vlm", "load_clips"]
 
@@ -96,31 +96,17 @@ def pretrain_vlm(vlm: Any, frames: torch.Tensor, pairs: Sequence[tuple[int, str,
     cosine, gradient clipping at 1, answer-only loss. Returns the loss of every step; leaves ``vlm`` frozen
     and in eval mode."""
     vlm.set_trainable("all").train()
-    params = [p for p in vlm.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    warm = max(1, int(warmup * steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1.0 + math.cos(math.pi * min(s, steps) / max(1, steps))))
-    rng = random.Random(seed)
     m = int(frames.shape[1])
     pad = vlm.tokenizer.pad_token_id if vlm.tokenizer.pad_token_id is not None else 0
-    losses, t0 = [], time.perf_counter()
-    for step in range(steps):
+
+    def batch_loss(rng: random.Random) -> torch.Tensor:
         idx = [rng.randrange(len(pairs)) for _ in range(batch_size)]
         ids, mask, labels = collate_inputs([pair_inputs(vlm, m, pairs[i][1], pairs[i][2]) for i in idx], pad)
-        loss = vlm(ids, mask, pixel_values=frames[[pairs[i][0] for i in idx]], labels=labels).loss
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"pretrain_vlm: loss is {loss.item()} at step {step}; lower lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        if log is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
-            recent = losses[-log_every:]
-            log(f"  base VLM (whole) step {step + 1}/{steps}: loss {sum(recent) / len(recent):.3f} "
-                f"({time.perf_counter() - t0:.0f} s)")
+        return vlm(ids, mask, pixel_values=frames[[pairs[i][0] for i in idx]], labels=labels).loss
+
+    losses = train_steps([p for p in vlm.parameters() if p.requires_grad], steps, batch_loss, lr=lr,
+                         weight_decay=weight_decay, warmup=warmup, clip_grad=1.0, seed=seed, log=log,
+                         log_every=log_every, label="base VLM (whole)")
     vlm.set_trainable("none").eval()
     return losses
 
