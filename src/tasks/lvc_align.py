@@ -40,10 +40,8 @@ Wiring only: VLM adapter (``models.vlm.load_vlm``), ``models.lvc.QueryAttentionC
 
 from __future__ import annotations
 
-import json
 import math
 import re
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Optional
 
@@ -55,6 +53,7 @@ from torch import Tensor, nn
 
 from spikelight.losses import answer_lm_loss, answer_positions
 from spikelight.tasks.base import SpikelightTask
+from spikelight.tasks.records_eval import RecordsEvalMixin, accuracy_summary, write_predictions
 
 __all__ = ["LVCAlign", "PAIR_TEMPLATE", "MCQ_TEMPLATE", "accuracy_summary", "default_lvc_adamw", "parse_letter"]
 
@@ -82,22 +81,6 @@ def parse_letter(text: str, num_options: int) -> Optional[int]:
     return None
 
 
-def accuracy_summary(records: list[dict[str, Any]]) -> dict[str, float]:
-    """``{"acc": ..., "acc_<task_type>": ..., "acc_duration_<class>": ..., "count": n}`` of prediction
-    records (``correct``, ``task_type``, ``duration_class``); names are sanitised (``[^0-9A-Za-z_-]`` -> ``_``)."""
-    groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for r in records:
-        keys = ["acc"]
-        if r.get("task_type"):
-            keys.append("acc_" + re.sub(r"[^0-9A-Za-z_-]+", "_", str(r["task_type"])))
-        if r.get("duration_class"):
-            keys.append("acc_duration_" + re.sub(r"[^0-9A-Za-z_-]+", "_", str(r["duration_class"])))
-        for k in keys:
-            groups[k][0] += int(bool(r["correct"]))
-            groups[k][1] += 1
-    return {**{k: c / n for k, (c, n) in groups.items()}, "count": float(len(records))}
-
-
 def _projector_state(path: str) -> dict[str, Tensor]:
     """The projector's state dict from an LVCAlign checkpoint or a safetensors file."""
     p = Path(path).expanduser()
@@ -112,7 +95,7 @@ def _projector_state(path: str) -> dict[str, Tensor]:
     return out
 
 
-class LVCAlign(SpikelightTask):
+class LVCAlign(RecordsEvalMixin, SpikelightTask):
     """Alignment-layer tuning with query-attention video compression (see the module docstring).
 
     Args:
@@ -191,7 +174,7 @@ class LVCAlign(SpikelightTask):
         self.trainable_params = 0
         self._cache = None
         self._vis_ids: dict[Any, list[int]] = {}  # token ids of visual prompts by frame count (+ BOS)
-        self._records: dict[str, dict[int, list[dict[str, Any]]]] = {}
+        self._init_records()
 
     # ================================================================== the VLM and its projector
     def _build_vlm(self) -> nn.Module:
@@ -510,80 +493,21 @@ class LVCAlign(SpikelightTask):
                 loss = self.loss(batch)
             self.log_mean(f"{stage}/loss", loss, int(batch["frames"].shape[0]), add_dataloader_idx=False)
             return loss
-        self._records.setdefault(stage, {}).setdefault(dataloader_idx, []).extend(self.score_batch(batch))
+        self._collect(stage, batch, dataloader_idx)
         return None
 
     def _set_names(self) -> list[str]:
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        names: list[str] = []
-        if dm is not None and callable(getattr(dm, "eval_sets", None)):
-            try:
-                names = [s.name for s in dm.eval_sets()]
-            except Exception:  # noqa: BLE001 - names are cosmetic; fall back to indices
-                pass
-        sets = getattr(dm, "annotations", None)
+        names = super()._set_names()
+        trainer = self._trainer
+        sets = getattr(getattr(trainer, "datamodule", None), "annotations", None) if trainer is not None else None
         if len(names) <= 1 and isinstance(sets, dict) and len(sets) == 1:  # one MCQ set: its own name
             names = list(sets)
         return names
 
-    def _eval_epoch_end(self, stage: str) -> None:
-        per_set = self._records.pop(stage, {})
-        trainer = self._trainer
-        import torch.distributed as dist
+    def _eval_module(self) -> nn.Module:
+        return self.vlm
 
-        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        if distributed:  # every rank scored its own questions: gather them (same summary on every rank)
-            gathered: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, per_set)
-            per_set = defaultdict(list)
-            for part in gathered:
-                for idx, recs in part.items():
-                    per_set[idx].extend(recs)
-        names = self._set_names()
-        sanity = trainer is not None and trainer.sanity_checking
-        for idx in sorted(per_set):
-            name = names[idx] if idx < len(names) else f"set{idx}"
-            prefix = stage if idx == 0 else f"{stage}_{name}"
-            summary = accuracy_summary(per_set[idx])
-            for k, v in summary.items():
-                if k != "count" and stage != "predict":  # Lightning allows no logging in predict
-                    self.log(f"{prefix}/{k}", v, prog_bar=(k == "acc" and idx == 0), add_dataloader_idx=False)
-            if sanity or (trainer is not None and not trainer.is_global_zero):
-                continue
-            root = Path(trainer.default_root_dir) if trainer is not None else Path(".")
-            self.write_predictions(root / "predictions" / f"{stage}-{name}.jsonl", per_set[idx])
-
-    @staticmethod
-    def write_predictions(path: str | Path, records: list[dict[str, Any]]) -> Path:
-        """Write prediction records as JSON lines (atomic replace)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-        tmp.replace(path)
-        return path
-
-    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> Optional[Tensor]:
-        return self._eval_step("val", batch, dataloader_idx)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> Optional[Tensor]:
-        return self._eval_step("test", batch, dataloader_idx)
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
-
-    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, list[Any]]:
-        """The prediction records of the batch as columns (``{"qid": [...], "pred": [...], ...}``)."""
-        self.vlm.train(False)
-        records = self.score_batch(batch)
-        self._records.setdefault("predict", {}).setdefault(dataloader_idx, []).extend(records)
-        return {k: [r[k] for r in records] for k in records[0]}
-
-    def on_predict_epoch_end(self) -> None:
-        self._eval_epoch_end("predict")
+    write_predictions = staticmethod(write_predictions)
 
     def infer(self, batch: dict[str, Any]) -> Optional[Tensor]:
         """Logits of the training inputs (energy / export tools)."""

@@ -26,8 +26,6 @@ generation), :func:`~spikelight.losses.answer_lm_loss`, the QA DataModules of
 
 from __future__ import annotations
 
-from collections import defaultdict
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -38,7 +36,7 @@ from torch import Tensor, nn
 from spikelight.models import ModelConfig
 from spikelight.models.point_llm import QA_TEMPLATE, normalize_answer
 from spikelight.tasks.base import SpikelightTask
-from spikelight.tasks.lvc_align import LVCAlign, accuracy_summary
+from spikelight.tasks.records_eval import RecordsEvalMixin
 
 __all__ = ["PointQA", "default_point_qa_adamw"]
 
@@ -48,7 +46,7 @@ def default_point_qa_adamw(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
 
 
-class PointQA(SpikelightTask):
+class PointQA(RecordsEvalMixin, SpikelightTask):
     """3D QA with a frozen LM (see the module docstring).
 
     Args:
@@ -98,7 +96,7 @@ class PointQA(SpikelightTask):
         self.declare_frozen("point_llm", self._build, seed=seed, describe=describe)
         self.projector: Optional[nn.Module] = None  # the alignment layer, attached with the PointLLM
         self.trainable_params = 0
-        self._records: dict[str, dict[int, list[dict[str, Any]]]] = {}
+        self._init_records()
 
     # ================================================================== the model
     def _build(self) -> nn.Module:
@@ -203,75 +201,26 @@ class PointQA(SpikelightTask):
                  "correct": normalize_answer(outputs[i]) == normalize_answer(batch["answer"][i])}
                 for i in range(n)]  # fmt: skip
 
+    def _eval_module(self) -> nn.Module:
+        return self.point_llm
+
     def _eval_step(self, stage: str, batch: dict[str, Any], dataloader_idx: int) -> None:
         self.point_llm.train(False)
-        prefix = stage if dataloader_idx == 0 else f"{stage}_{self._set_name(dataloader_idx)}"
+        names = self._set_names()
+        name = names[dataloader_idx] if dataloader_idx < len(names) else f"set{dataloader_idx}"
+        prefix = stage if dataloader_idx == 0 else f"{stage}_{name}"
         with torch.no_grad():
             loss = self.loss(batch)
         self.log_mean(f"{prefix}/loss", loss, int(batch["points"].shape[0]), add_dataloader_idx=False)
-        self._records.setdefault(stage, {}).setdefault(dataloader_idx, []).extend(self.score_batch(batch))
+        self._collect(stage, batch, dataloader_idx)
 
-    def _set_name(self, idx: int) -> str:
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        names: list[str] = []
-        if dm is not None and callable(getattr(dm, "eval_sets", None)):
-            try:
-                names = [s.name for s in dm.eval_sets()]
-            except Exception:  # noqa: BLE001 - names are cosmetic
-                pass
-        return names[idx] if idx < len(names) else f"set{idx}"
+    def _report(self, stage: str, name: str, summary: dict[str, float]) -> None:
+        parts = ", ".join(f"{k[4:]} {v:.3f}" for k, v in sorted(summary.items()) if k.startswith("acc_"))
+        rank_zero_info(f"PointQA {stage} [{name}]: exact match {summary['acc']:.3f} on "
+                       f"{int(summary['count'])} questions ({parts})")  # fmt: skip
 
-    def _eval_epoch_end(self, stage: str) -> None:
-        per_set = self._records.pop(stage, {})
-        trainer = self._trainer
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, per_set)
-            per_set = defaultdict(list)
-            for part in gathered:
-                for idx, recs in part.items():
-                    per_set[idx].extend(recs)
-        sanity = trainer is not None and trainer.sanity_checking
-        for idx in sorted(per_set):
-            name = self._set_name(idx)
-            prefix = stage if idx == 0 else f"{stage}_{name}"
-            summary = accuracy_summary(per_set[idx])
-            if stage != "predict":
-                for k, v in summary.items():
-                    if k != "count":
-                        self.log(f"{prefix}/{k}", v, prog_bar=(k == "acc" and idx == 0), add_dataloader_idx=False)
-            if sanity or (trainer is not None and not trainer.is_global_zero):
-                continue
-            parts = ", ".join(f"{k[4:]} {v:.3f}" for k, v in sorted(summary.items()) if k.startswith("acc_"))
-            rank_zero_info(f"PointQA {stage} [{name}]: exact match {summary['acc']:.3f} on "
-                           f"{int(summary['count'])} questions ({parts})")  # fmt: skip
-            root = Path(trainer.default_root_dir) if trainer is not None else Path(".")
-            records = [{k: v for k, v in r.items() if k != "task_type"} for r in per_set[idx]]
-            LVCAlign.write_predictions(root / "predictions" / f"{stage}-{name}.jsonl", records)
-
-    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step("val", batch, dataloader_idx)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step("test", batch, dataloader_idx)
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
-
-    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, list[Any]]:
-        """The batch's prediction records as columns (``{"qid": [...], "output": [...], ...}``)."""
-        self.point_llm.train(False)
-        records = self.score_batch(batch)
-        self._records.setdefault("predict", {}).setdefault(dataloader_idx, []).extend(records)
-        return {k: [r[k] for r in records] for k in records[0]}
-
-    def on_predict_epoch_end(self) -> None:
-        self._eval_epoch_end("predict")
+    def _record_for_file(self, record: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in record.items() if k != "task_type"}  # task_type repeats qtype
 
     def infer(self, batch: dict[str, Any]) -> Tensor:
         """The point tokens of a batch (energy / export tools run the encoder through this)."""
