@@ -4,6 +4,7 @@ without the frozen towers, the confusion-matrix callback."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -305,7 +306,13 @@ def test_confusion_callback_png_and_wandb_chart(tmp_path, monkeypatch):
     assert cb.written == [tmp_path / "confusion_val_objects.png"] and cb.written[0].stat().st_size > 1000
     logger.experiment.finish()
     run = next((tmp_path / "wandb").glob("offline-run-*"))
-    assert b"plots/confusion_val_objects" in b"".join(p.read_bytes() for p in run.glob("run-*.wandb"))
+    # W&B's service process writes the run's transaction log on its own: finish() has been seen to return
+    # before the last records reached the file (in a parallel test run), so wait for them (bounded)
+    deadline, data = time.monotonic() + 60.0, b""
+    while b"plots/confusion_val_objects" not in data and time.monotonic() < deadline:
+        time.sleep(0.2)
+        data = b"".join(p.read_bytes() for p in run.glob("run-*.wandb"))
+    assert b"plots/confusion_val_objects" in data
     table = json.loads(next(run.rglob("confusion_val_objects_table_*.table.json")).read_text())
     counts = {(r[0], r[1]): r[2] for r in table["data"]}  # (actual, predicted) -> count, as in cm
     assert counts == {("mug", "mug"): 3, ("mug", "bench"): 1, ("bench", "mug"): 0, ("bench", "bench"): 2}
