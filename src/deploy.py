@@ -39,9 +39,12 @@ from torch import Tensor, nn
 
 from spikelight.models.zero_shot import zero_shot_logits
 
-__all__ = ["DEPLOY_FORMAT", "RepVLIClassifier", "export_repvli", "load_deploy", "save_deploy"]
+__all__ = ["DEPLOY_FILES", "DEPLOY_FORMAT", "RepVLIClassifier", "export_repvli", "load_deploy", "read_deploy",
+           "read_safetensors", "save_deploy"]
 
 DEPLOY_FORMAT = "spikelight-repvli"
+#: the files of a deploy folder
+DEPLOY_FILES = ("config.json", "class_names.json", "model.safetensors")
 DEPLOY_VERSION = 1
 
 
@@ -236,19 +239,11 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def load_deploy(
-    path: str | Path, *, device: str | torch.device = "cpu", strict: bool = True
-) -> RepVLIClassifier:
-    """Load a folder written by :func:`save_deploy` into an eval-mode :class:`RepVLIClassifier`.
-
-    Imports only torch, safetensors and the encoder registry (no open_clip, no transformers).
-    """
-    from safetensors.torch import load_file
-
-    from spikelight.models import build_model, spec_name
-
+def read_deploy(path: str | Path) -> tuple[dict[str, Any], list[str], dict[str, Tensor]]:
+    """``(config, class names, state dict)`` of a folder written by :func:`save_deploy`; every problem (a
+    missing file, corrupt json, another format, an unreadable safetensors file) is one error naming the file."""
     folder = Path(path)
-    for name in ("config.json", "class_names.json", "model.safetensors"):
+    for name in DEPLOY_FILES:
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder}: not a Rep-VLI deploy folder (missing {name})")
     try:
@@ -260,7 +255,31 @@ def load_deploy(
         raise ValueError(
             f"{folder / 'config.json'}: format {config.get('format')!r} is not {DEPLOY_FORMAT!r}"
         )
-    state = load_file(str(folder / "model.safetensors"))
+    return config, [str(n) for n in class_names], read_safetensors(folder / "model.safetensors")
+
+
+def read_safetensors(path: str | Path) -> dict[str, Tensor]:
+    """The tensors of a safetensors file; an unreadable file is a ``ValueError`` naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
+
+
+def load_deploy(
+    path: str | Path, *, device: str | torch.device = "cpu", strict: bool = True
+) -> RepVLIClassifier:
+    """Load a folder written by :func:`save_deploy` into an eval-mode :class:`RepVLIClassifier`.
+
+    Imports only torch, safetensors and the encoder registry (no open_clip, no transformers).
+    """
+    from spikelight.models import build_model, spec_name
+
+    folder = Path(path)
+    config, class_names, state = read_deploy(folder)
     if "head.weight" not in state:
         raise ValueError(f"{folder / 'model.safetensors'}: no head.weight")
     weight = state.pop("head.weight")

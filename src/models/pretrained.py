@@ -43,6 +43,8 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from spikelight.deploy import DEPLOY_FILES, DEPLOY_FORMAT, read_deploy, read_safetensors
+
 __all__ = [
     "describe_source",
     "load_deploy_head",
@@ -52,7 +54,6 @@ __all__ = [
 ]
 
 PathLike = Union[str, Path]
-DEPLOY_FILES = ("config.json", "class_names.json", "model.safetensors")
 _SHOW = 5  # keys named in an error message
 
 
@@ -69,7 +70,6 @@ def _deploy_folder(path: Path) -> Optional[Path]:
         fmt = json.loads(cfg.read_text()).get("format")
     except (json.JSONDecodeError, AttributeError, OSError):
         return None
-    from spikelight.deploy import DEPLOY_FORMAT
 
     return folder if fmt == DEPLOY_FORMAT else None
 
@@ -89,16 +89,6 @@ def describe_source(path: PathLike) -> str:
     return "safetensors" if p.suffix == ".safetensors" else "torch"
 
 
-def _load_safetensors(path: Path) -> dict[str, Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
-
-
 def read_source_state(path: PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """``(state_dict, info)`` of a pretrained source; ``info`` has ``source`` (``svl_checkpoint``,
     ``lightning_checkpoint``, ``deploy``, ``state_dict``), ``path`` and, when known, ``hyper_parameters``
@@ -108,19 +98,11 @@ def read_source_state(path: PathLike) -> tuple[dict[str, Tensor], dict[str, Any]
     if kind == "deploy":
         folder = _deploy_folder(p)
         assert folder is not None
-        for name in DEPLOY_FILES:
-            if not (folder / name).is_file():
-                raise FileNotFoundError(f"{folder}: not a complete Rep-VLI deploy folder (missing {name})")
-        try:
-            config = json.loads((folder / "config.json").read_text())
-            names = json.loads((folder / "class_names.json").read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{folder}: corrupt deploy json ({e})") from None
-        state = _load_safetensors(folder / "model.safetensors")
+        config, names, state = read_deploy(folder)
         return state, {"source": "deploy", "path": str(folder / "model.safetensors"), "folder": str(folder),
-                       "config": config, "class_names": [str(n) for n in names]}
+                       "config": config, "class_names": names}
     if kind == "safetensors":
-        return _load_safetensors(p), {"source": "state_dict", "path": str(p)}
+        return read_safetensors(p), {"source": "state_dict", "path": str(p)}
     from spikelight.checkpoint_io import load_checkpoint
 
     ckpt = load_checkpoint(p, map_location="cpu", weights_only=True)  # CheckpointError (a ValueError) names p
