@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -154,6 +154,23 @@ def write_json(report: Mapping[str, Any], path: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=_default) + "\n")
     return out
+
+
+def finish_report(report: dict[str, Any], out_path: str | Path, t_start: float,
+                  summary_text: Callable[[dict], str], plot: Callable[[dict, Path], Optional[Path]]) -> dict[str, Any]:
+    """The common end of a benchmark: wall time, summary text, plot (its file name in the report), JSON,
+    and the summary printed. Returns ``report``."""
+    out_path = Path(out_path)
+    report["wall_s"] = round(time.perf_counter() - t_start, 1)
+    report["summary_text"] = summary_text(report)
+    png = plot(report, out_path.with_suffix(".png"))
+    if png is not None:
+        report["plot"] = png.name
+    write_json(report, out_path)
+    print()
+    print(report["summary_text"])
+    print(f"wrote {out_path} ({report['wall_s']} s)")
+    return report
 
 
 def _default(obj: Any) -> Any:

@@ -61,7 +61,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, machine_info, set_threads, write_json  # noqa: E402
+from _common import RESULTS_DIR, finish_report, machine_info, set_threads  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SVL_CONFIG = ROOT / "experiments" / "svl" / "synthetic.yaml"
@@ -498,16 +498,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "difference": mean_std(diffs), "svl_wins": sum(d > 0 for d in diffs),
                 "energy": energy, "runs": runs,
             }
-    report["wall_s"] = round(time.perf_counter() - t_start, 1)
-    report["summary_text"] = summary_text(report)
-    png = plot(report, out_path.with_suffix(".png"))
-    if png is not None:
-        report["plot"] = png.name
-    write_json(report, out_path)
-    print()
-    print(report["summary_text"])
-    print(f"wrote {out_path} ({report['wall_s']} s)")
-    return report
+    return finish_report(report, out_path, t_start, summary_text, plot)
 
 
 if __name__ == "__main__":

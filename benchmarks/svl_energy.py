@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, SHARED_DATA, get_device, machine_info, set_threads, write_json  # noqa: E402
+from _common import RESULTS_DIR, SHARED_DATA, finish_report, get_device, machine_info, set_threads  # noqa: E402
 
 from spikelight.models import create_model  # noqa: E402
 from spikelight.nn.neurons import SpikingNeuron  # noqa: E402
@@ -503,16 +503,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"[{pt['wall_s']} s]",
             flush=True,
         )
-    report["wall_s"] = round(time.perf_counter() - t_start, 1)
-    report["summary_text"] = summary_text(report)
-    png = plot(report, out_path.with_suffix(".png"))
-    if png is not None:
-        report["plot"] = png.name
-    write_json(report, out_path)
-    print()
-    print(report["summary_text"])
-    print(f"wrote {out_path} ({report['wall_s']} s)")
-    return report
+    return finish_report(report, out_path, t_start, summary_text, plot)
 
 
 if __name__ == "__main__":
